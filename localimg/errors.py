@@ -1,0 +1,76 @@
+"""Domain errors. Raised anywhere below the HTTP layer, translated to the OpenAI envelope once, in api/errors.py.
+
+Each class fixes the HTTP status and OpenAI error `type`; an instance carries the message, the offending
+`param` and a string `code`, exactly the four keys of OpenAI's error object.
+"""
+
+from __future__ import annotations
+
+
+class LocalImgError(Exception):
+    status: int = 500
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(LocalImgError):
+    """The request is wrong and retrying it unchanged cannot succeed (HTTP 400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFoundError(LocalImgError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class AuthenticationError(LocalImgError):
+    status = 401
+    type = "invalid_request_error"
+
+
+class PayloadTooLargeError(LocalImgError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class OverloadedError(LocalImgError):
+    """The server cannot take the job now; the client should retry after `retry_after` seconds."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = "server_overloaded") -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ModelUnavailableError(LocalImgError):
+    """The model is declared but cannot be served (weights missing, failed to load)."""
+
+    status = 503
+    type = "server_error"
+
+
+class GenerationCancelled(LocalImgError):
+    """The job was cancelled (client gone, timeout); nobody is waiting for an answer."""
+
+    status = 499
+    type = "cancelled"
+
+
+class GenerationError(LocalImgError):
+    """The backend failed while generating; the message is safe to show to a client."""
+
+    status = 500
+    type = "server_error"
+
+
+class RegistryError(Exception):
+    """models.toml is malformed. The message names the file, the table and the key."""

@@ -1,0 +1,391 @@
+"""The model catalogue: `models.toml` -> validated, frozen `ModelSpec`s.
+
+File format (every key is documented in README.md):
+
+    default_model = "flux-schnell"
+
+    [models.flux-schnell]
+    family = "flux"                                   # flux | sd15 | sdxl | sd3
+    source = { repo = "black-forest-labs/FLUX.1-schnell", revision = "main" }
+    #        { path = "/models/flux-schnell" }          a local diffusers folder
+    #        { file = "x.safetensors", config = "DIR" } a single-file checkpoint + a local config folder
+    aliases = ["gpt-image-2", "dall-e-3"]
+    default_size = "1024x1024"
+    max_batch = 4                                     # images per pipeline call
+    allow_pickle = false                              # .bin/.ckpt weights refused unless true
+    dtype = { cuda = "bfloat16", mps = "float16", cpu = "float32" }   # optional overrides
+    limits = { min_side = 256, max_side = 2048, max_pixels = 4194304, multiple_of = 16 }
+    [models.flux-schnell.quality]
+    auto = "medium"
+    low = { steps = 2, guidance = 0.0 }
+    medium = { steps = 4, guidance = 0.0 }
+    high = { steps = 8, guidance = 0.0, max_sequence_length = 512 }
+
+Anything left out comes from the family's defaults below. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from localimg.errors import RegistryError
+
+Family = Literal["flux", "sd15", "sdxl", "sd3"]
+FAMILIES: tuple[Family, ...] = ("flux", "sd15", "sdxl", "sd3")
+QUALITY_LEVELS = ("low", "medium", "high")
+DEVICE_KINDS = ("cuda", "mps", "cpu")
+DTYPES = ("float32", "float16", "bfloat16")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+@dataclass(frozen=True, order=True)
+class ImageSize:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> ImageSize | None:
+        """`"1024x768"` -> ImageSize(1024, 768); None when the text is not `WIDTHxHEIGHT`."""
+        match = _SIZE.match(text)
+        return cls(int(match[1]), int(match[2])) if match else None
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    min_side: int = 256
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    multiple_of: int = 16
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    steps: int
+    guidance: float
+    max_sequence_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are. Exactly one of `path`, `repo`, `file` is set."""
+
+    path: Path | None = None
+    repo: str | None = None
+    revision: str = "main"
+    file: Path | None = None
+    config: str | None = None  # single-file only: a local diffusers folder or a cached repo id
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"local folder {self.path}"
+        if self.repo is not None:
+            return f"Hugging Face cache entry {self.repo}@{self.revision}"
+        return f"single file {self.file} (config {self.config})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: Family
+    source: ModelSource
+    quality: Mapping[str, QualityPreset]
+    auto_quality: str
+    default_size: ImageSize
+    limits: SizeLimits
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    max_batch: int = 4
+    allow_pickle: bool = False
+    dtype: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _FamilyDefaults:
+    default_size: ImageSize
+    limits: SizeLimits
+    quality: Mapping[str, QualityPreset]
+
+
+# Defaults per family. Steps/guidance follow each model card's recommended recipe at "medium".
+FAMILY_DEFAULTS: Mapping[Family, _FamilyDefaults] = {
+    "flux": _FamilyDefaults(
+        ImageSize(1024, 1024),
+        SizeLimits(min_side=256, max_side=2048, max_pixels=2048 * 2048, multiple_of=16),
+        {
+            "low": QualityPreset(steps=14, guidance=3.5),
+            "medium": QualityPreset(steps=28, guidance=3.5),
+            "high": QualityPreset(steps=50, guidance=3.5),
+        },
+    ),
+    "sd3": _FamilyDefaults(
+        ImageSize(1024, 1024),
+        SizeLimits(min_side=256, max_side=2048, max_pixels=2048 * 2048, multiple_of=16),
+        {
+            "low": QualityPreset(steps=20, guidance=4.5),
+            "medium": QualityPreset(steps=28, guidance=4.5),
+            "high": QualityPreset(steps=40, guidance=4.5),
+        },
+    ),
+    "sdxl": _FamilyDefaults(
+        ImageSize(1024, 1024),
+        SizeLimits(min_side=256, max_side=2048, max_pixels=2048 * 2048, multiple_of=8),
+        {
+            "low": QualityPreset(steps=15, guidance=5.0),
+            "medium": QualityPreset(steps=30, guidance=5.0),
+            "high": QualityPreset(steps=50, guidance=5.0),
+        },
+    ),
+    "sd15": _FamilyDefaults(
+        ImageSize(512, 512),
+        SizeLimits(min_side=256, max_side=1536, max_pixels=1536 * 1536, multiple_of=8),
+        {
+            "low": QualityPreset(steps=15, guidance=7.5),
+            "medium": QualityPreset(steps=25, guidance=7.5),
+            "high": QualityPreset(steps=50, guidance=7.5),
+        },
+    ),
+}
+
+
+class Registry:
+    """The models a server may serve, looked up by name or alias."""
+
+    def __init__(self, models: Mapping[str, ModelSpec], default_model: str, path: Path | None = None) -> None:
+        self._models = dict(models)
+        self._aliases = {alias: spec.name for spec in models.values() for alias in spec.aliases}
+        self.default_model = default_model
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path) -> Registry:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot read the model registry ({exc.strerror})") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RegistryError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.parent, path=path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Registry:
+        where = str(path) if path else "models.toml"
+        _reject_unknown(data, {"default_model", "models"}, where, "top level")
+        tables = data.get("models")
+        if not isinstance(tables, dict) or not tables:
+            raise RegistryError(f"{where}: needs at least one [models.NAME] table")
+        models = {name: _parse_model(name, table, base_dir, where) for name, table in tables.items()}
+        _check_aliases(models, where)
+        default_model = data.get("default_model", next(iter(models)))
+        if default_model not in models:
+            raise RegistryError(
+                f"{where}: default_model = {default_model!r} names no [models.*] table "
+                f"(declared: {', '.join(models)})"
+            )
+        return cls(models, default_model, path)
+
+    def resolve(self, name: str) -> ModelSpec | None:
+        """The model a request names (catalogue key or alias), or None."""
+        return self._models.get(self._aliases.get(name, name))
+
+    @property
+    def default(self) -> ModelSpec:
+        return self._models[self.default_model]
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def public_ids(self) -> list[str]:
+        """Every id a client may send: model names, then aliases."""
+        return [*self._models, *self._aliases]
+
+    def restricted_to(self, names: list[str]) -> Registry:
+        """A registry serving only `names` (the `--models` flag); aliases of dropped models go too."""
+        missing = [name for name in names if name not in self._models]
+        if missing:
+            raise RegistryError(f"unknown model(s) {', '.join(missing)}; declared: {', '.join(self._models)}")
+        kept = {name: self._models[name] for name in names}
+        default = self.default_model if self.default_model in kept else names[0]
+        return Registry(kept, default, self.path)
+
+
+def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec:
+    ctx = f"{where}: [models.{name}]"
+    if not _NAME.match(name):
+        raise RegistryError(f"{ctx}: model names may hold letters, digits, '.', '_', '-', ':' only")
+    if not isinstance(table, dict):
+        raise RegistryError(f"{ctx}: must be a table")
+    allowed = {
+        "family", "source", "aliases", "description", "default_size", "limits", "quality",
+        "max_batch", "allow_pickle", "dtype",
+    }  # fmt: skip
+    _reject_unknown(table, allowed, where, f"[models.{name}]")
+    family = table.get("family")
+    if family not in FAMILIES:
+        raise RegistryError(f"{ctx}: family = {family!r}; expected one of {', '.join(FAMILIES)}")
+    defaults = FAMILY_DEFAULTS[family]
+    if "source" not in table:
+        raise RegistryError(f"{ctx}: missing key 'source' (a path, repo or file table)")
+    source = _parse_source(table["source"], base_dir, ctx)
+    aliases = _typed(table, "aliases", list, [], ctx)
+    for alias in aliases:
+        if not isinstance(alias, str) or not _NAME.match(alias):
+            raise RegistryError(f"{ctx}: aliases: {alias!r} is not a valid model id")
+    size_text = _typed(table, "default_size", str, str(defaults.default_size), ctx)
+    default_size = ImageSize.parse(size_text)
+    if default_size is None:
+        raise RegistryError(f"{ctx}: default_size = {size_text!r}; expected WIDTHxHEIGHT")
+    limits = _parse_limits(table.get("limits", {}), defaults.limits, ctx)
+    quality, auto_quality = _parse_quality(table.get("quality", {}), defaults.quality, ctx)
+    dtype = _typed(table, "dtype", dict, {}, ctx)
+    for device, value in dtype.items():
+        if device not in DEVICE_KINDS or value not in DTYPES:
+            raise RegistryError(
+                f"{ctx}: dtype.{device} = {value!r}; keys are {', '.join(DEVICE_KINDS)}, values {', '.join(DTYPES)}"
+            )
+    max_batch = _typed(table, "max_batch", int, 4, ctx)
+    if max_batch < 1:
+        raise RegistryError(f"{ctx}: max_batch must be >= 1")
+    return ModelSpec(
+        name=name,
+        family=family,
+        source=source,
+        quality=quality,
+        auto_quality=auto_quality,
+        default_size=default_size,
+        limits=limits,
+        aliases=tuple(aliases),
+        description=_typed(table, "description", str, "", ctx),
+        max_batch=max_batch,
+        allow_pickle=_typed(table, "allow_pickle", bool, False, ctx),
+        dtype=dtype,
+    )
+
+
+def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
+    if not isinstance(value, dict):
+        raise RegistryError(f"{ctx}: source must be a table, e.g. source = {{ path = \"/models/x\" }}")
+    kinds = [key for key in ("path", "repo", "file") if key in value]
+    if len(kinds) != 1:
+        raise RegistryError(f"{ctx}: source needs exactly one of 'path', 'repo', 'file' (got {sorted(value)})")
+    kind = kinds[0]
+    allowed = {"path": {"path"}, "repo": {"repo", "revision"}, "file": {"file", "config"}}[kind]
+    _reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} source")
+    for key, item in value.items():
+        if not isinstance(item, str) or not item:
+            raise RegistryError(f"{ctx}: source.{key} must be a non-empty string")
+    if kind == "path":
+        return ModelSource(path=_resolve_path(value["path"], base_dir))
+    if kind == "repo":
+        if value["repo"].count("/") != 1:
+            raise RegistryError(f"{ctx}: source.repo = {value['repo']!r}; expected 'owner/name'")
+        return ModelSource(repo=value["repo"], revision=value.get("revision", "main"))
+    if "config" not in value:
+        raise RegistryError(f"{ctx}: source.file needs source.config (a local diffusers folder or repo id)")
+    config = value["config"]
+    # A config is a repo id ("owner/name") read from the cache, or a folder (relative to the file).
+    if not (config.count("/") == 1 and not config.startswith((".", "/")) and not (base_dir / config).exists()):
+        config = str(_resolve_path(config, base_dir))
+    return ModelSource(file=_resolve_path(value["file"], base_dir), config=config)
+
+
+def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
+    if not isinstance(value, dict):
+        raise RegistryError(f"{ctx}: limits must be a table")
+    known = {"min_side", "max_side", "max_pixels", "multiple_of"}
+    _reject_unknown(value, known, ctx.split(": ")[0], f"{ctx.split(': ')[1]} limits")
+    for key, item in value.items():
+        if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+            raise RegistryError(f"{ctx}: limits.{key} must be a positive integer")
+    limits = replace(defaults, **value)
+    if limits.min_side > limits.max_side:
+        raise RegistryError(f"{ctx}: limits.min_side > limits.max_side")
+    return limits
+
+
+def _parse_quality(
+    value: Any, defaults: Mapping[str, QualityPreset], ctx: str
+) -> tuple[dict[str, QualityPreset], str]:
+    if not isinstance(value, dict):
+        raise RegistryError(f"{ctx}: quality must be a table")
+    _reject_unknown(value, {"auto", *QUALITY_LEVELS}, ctx.split(": ")[0], f"{ctx.split(': ')[1]} quality")
+    presets = dict(defaults)
+    for level in QUALITY_LEVELS:
+        if level not in value:
+            continue
+        table = value[level]
+        if not isinstance(table, dict):
+            raise RegistryError(f"{ctx}: quality.{level} must be a table like {{ steps = 28, guidance = 3.5 }}")
+        _reject_unknown(
+            table, {"steps", "guidance", "max_sequence_length"}, ctx.split(": ")[0],
+            f"{ctx.split(': ')[1]} quality.{level}",
+        )  # fmt: skip
+        steps = table.get("steps", defaults[level].steps)
+        guidance = table.get("guidance", defaults[level].guidance)
+        max_seq = table.get("max_sequence_length")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 500:
+            raise RegistryError(f"{ctx}: quality.{level}.steps must be an integer in 1..500")
+        if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 0:
+            raise RegistryError(f"{ctx}: quality.{level}.guidance must be a number >= 0")
+        if max_seq is not None and (not isinstance(max_seq, int) or max_seq < 1):
+            raise RegistryError(f"{ctx}: quality.{level}.max_sequence_length must be a positive integer")
+        presets[level] = QualityPreset(steps=steps, guidance=float(guidance), max_sequence_length=max_seq)
+    auto = value.get("auto", "medium")
+    if auto not in QUALITY_LEVELS:
+        raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(QUALITY_LEVELS)}")
+    return presets, auto
+
+
+def _check_aliases(models: Mapping[str, ModelSpec], where: str) -> None:
+    owner: dict[str, str] = {}
+    for spec in models.values():
+        for alias in spec.aliases:
+            if alias in models:
+                raise RegistryError(f"{where}: [models.{spec.name}] alias {alias!r} is also a model name")
+            if alias in owner:
+                raise RegistryError(
+                    f"{where}: alias {alias!r} is declared by both [models.{owner[alias]}] and [models.{spec.name}]"
+                )
+            owner[alias] = spec.name
+
+
+def _resolve_path(text: str, base_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any, ctx: str) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RegistryError(f"{ctx}: {key} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str, ctx: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RegistryError(
+            f"{where}: {ctx}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
