@@ -51,6 +51,16 @@ class OverloadedError(LocalImgError):
         self.retry_after = retry_after
 
 
+class HTTPStatusError(LocalImgError):
+    """A protocol-level failure (unknown route, wrong method) with the status the HTTP layer chose."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ModelUnavailableError(LocalImgError):
     """The model is declared but cannot be served (weights missing, failed to load)."""
 

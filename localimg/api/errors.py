@@ -1,0 +1,176 @@
+"""The only place errors become HTTP responses: OpenAI's envelope `{"error": {message, type, param, code}}`.
+
+Validation failures are 400 with OpenAI's codes (never FastAPI's 422 `detail`); unexpected exceptions are a
+500 with a fixed message and the request id, and the traceback goes to the log, not to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from localimg.errors import HTTPStatusError, InvalidRequestError, LocalImgError, OverloadedError
+from localimg.protocol import ErrorBody, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+_INVALID_JSON = (
+    "We could not parse the JSON body of your request. The API expects a JSON object as the body of a "
+    "POST request with Content-Type: application/json."
+)
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "float_type": "a number",
+    "float_parsing": "a number",
+}
+
+
+def error_response(
+    exc: LocalImgError, request_id: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
+    all_headers = dict(headers or {})
+    if isinstance(exc, OverloadedError):
+        # Both spellings: the OpenAI SDKs read retry-after-ms first, other clients Retry-After.
+        all_headers["retry-after"] = str(max(1, round(exc.retry_after)))
+        all_headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
+    if request_id:
+        all_headers["x-request-id"] = request_id
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=all_headers)
+
+
+def openai_validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
+    """Translate pydantic errors into the one error OpenAI would report: unknown keys first, then
+    the prompt, then `n`, then the rest (the live API's validation order)."""
+
+    def rank(error: Mapping[str, Any]) -> tuple[int, int]:
+        field = _field(error)
+        if error["type"] == "extra_forbidden":
+            return (0, 0)
+        if error["type"] == "missing":
+            return (1, 0)
+        return (2, {"prompt": 0, "image": 1, "n": 2}.get(field or "", 3))
+
+    error = min(errors, key=rank)
+    return _translate(error)
+
+
+def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
+    kind = error["type"]
+    field = _field(error)
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    if field is None:
+        if kind == "missing":
+            return InvalidRequestError(
+                "Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter"
+            )
+        return InvalidRequestError(_INVALID_JSON, code="invalid_json")
+    if kind == "extra_forbidden":
+        return InvalidRequestError(f"Unknown parameter: '{field}'.", param=field, code="unknown_parameter")
+    if kind == "missing":
+        return InvalidRequestError(
+            f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"
+        )
+    if kind in _EXPECTED:
+        return InvalidRequestError(
+            f"Invalid type for '{field}': expected {_EXPECTED[kind]}, but got {_json_type(value)} instead.",
+            param=field,
+            code="invalid_type",
+        )
+    if kind == "literal_error":
+        return InvalidRequestError(
+            f"Invalid value: '{value}'. Supported values are: {ctx.get('expected', '')}.",
+            param=field,
+            code="invalid_value",
+        )
+    if kind == "string_too_short":
+        return InvalidRequestError(
+            f"Invalid '{field}': empty string. Expected a string with minimum length 1, "
+            "but got an empty string instead.",
+            param=field,
+            code="empty_string",
+        )
+    if kind == "string_too_long":
+        limit = ctx.get("max_length")
+        return InvalidRequestError(
+            f"Invalid '{field}': string too long. Expected a string with maximum length {limit}, "
+            f"but got a string with length {len(value)} instead.",
+            param=field,
+            code="string_above_max_length",
+        )
+    if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
+        above = kind.startswith("less")
+        bound = next(iter(ctx.values()), None)
+        number = "integer" if isinstance(value, int) else "decimal"
+        direction = "above maximum" if above else "below minimum"
+        relation = "<=" if above else ">="
+        return InvalidRequestError(
+            f"Invalid '{field}': {number} {direction} value. Expected a value {relation} {bound}, "
+            f"but got {value} instead.",
+            param=field,
+            code=f"{number}_{'above_max' if above else 'below_min'}_value",
+        )
+    message = f"Invalid value for '{field}': {error.get('msg', 'invalid')}."
+    return InvalidRequestError(message, param=field, code="invalid_value")
+
+
+def _field(error: Mapping[str, Any]) -> str | None:
+    loc = [part for part in error.get("loc", ()) if part != "body"]
+    return ".".join(str(part) for part in loc) or None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LocalImgError)
+    async def _domain(request: Request, exc: LocalImgError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("request %s failed: %s", request_id_of(request), exc.message)
+        return error_response(exc, request_id_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(openai_validation_error(exc.errors()), request_id_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code == 404 else str(exc.detail)
+        err = HTTPStatusError(exc.status_code, message)
+        return error_response(err, request_id_of(request), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request)
+        log.exception("request %s: unexpected error", request_id)
+        err = LocalImgError(f"The server had an error while processing your request (request id {request_id}).")
+        return error_response(err, request_id, headers={"x-should-retry": "false"})

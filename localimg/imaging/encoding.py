@@ -1,0 +1,32 @@
+"""PIL image -> file bytes in the format and compression a request asked for."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+from PIL import Image
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+# zlib level 1: PNG encoding of a 1024x1024 image drops from ~0.5 s to ~0.05 s for ~10 % more bytes,
+# which matters more to a server than the bytes do.
+_PNG_COMPRESS_LEVEL = 1
+_WEBP_METHOD = 4  # libwebp's speed/size trade-off (0 fastest, 6 smallest); 4 is its default
+
+
+def encode_image(image: Image.Image, fmt: ImageFormat, compression: int = 100) -> bytes:
+    """Encode `image`. `compression` is OpenAI's `output_compression` (0-100, higher keeps more quality);
+    PNG is lossless and ignores it."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    elif fmt == "jpeg":
+        rgb = image.convert("RGB") if image.mode != "RGB" else image
+        rgb.save(buffer, format="JPEG", quality=compression, optimize=False)
+    elif fmt == "webp":
+        image.save(buffer, format="WEBP", quality=compression, method=_WEBP_METHOD)
+    else:  # pragma: no cover - protocol.py restricts the values
+        raise ValueError(f"unsupported image format {fmt!r}")
+    return buffer.getvalue()

@@ -1,0 +1,106 @@
+"""OpenAI Images API wire models: what the official SDKs send and parse. Pydantic only.
+
+Names and shapes follow OpenAI's API exactly (see shared/spec/openai-images-api.md). Requests are strict
+(no coercion of "2" to 2) and reject unknown keys by name, as the live API does. JSON `null` means "not
+given". Value rules that depend on the model (sizes, quality names, prompt length) live in
+service/planning.py, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+Background = Literal["transparent", "opaque", "auto"]
+ResponseFormat = Literal["url", "b64_json"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ImageGenerateRequest(_Request):
+    """Body of `POST /v1/images/generations`, plus localimg's extensions (sent via the SDK's `extra_body`)."""
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int | None = Field(default=None, ge=1, le=10)
+    quality: str | None = None
+    size: str | None = None
+    response_format: ResponseFormat | None = None
+    style: Literal["vivid", "natural"] | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Background | None = None
+    moderation: Literal["low", "auto"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    user: str | None = None
+    safety_identifier: str | None = None
+    # Extensions: not OpenAI parameters; apps pass them with `extra_body={...}`.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class OutputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ImagesResponse(BaseModel):
+    """The non-streaming answer. GPT-image style responses fill every field; DALL·E style only the first two."""
+
+    created: int
+    data: list[ImageData]
+    background: Literal["transparent", "opaque"] | None = None
+    output_format: OutputFormat | None = None
+    quality: str | None = None
+    size: str | None = None
+    usage: Usage | None = None
+    safety_identifier: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

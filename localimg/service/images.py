@@ -1,0 +1,111 @@
+"""The images service: wire request -> plan -> engine -> encoded images -> wire response."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from localimg.imaging.encoding import MIME_TYPES, encode_image
+from localimg.protocol import (
+    ImageData,
+    ImageGenerateRequest,
+    ImagesResponse,
+    InputTokensDetails,
+    ModelCard,
+    ModelList,
+    OutputTokensDetails,
+    Usage,
+)
+from localimg.service.planning import SEED_MODULUS, ImageJob, OutputOptions, image_tokens, plan_generation
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from localimg.registry import Registry
+    from localimg.service.engine import Engine
+    from localimg.service.image_store import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+class ImageService:
+    def __init__(
+        self,
+        registry: Registry,
+        engine: Engine,
+        store: ImageStore,
+        *,
+        random_seed: Callable[[], int] = lambda: secrets.randbelow(SEED_MODULUS),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.store = store
+        self._random_seed = random_seed
+        self._clock = clock
+        self.started_at = int(clock())
+
+    async def generate(self, request: ImageGenerateRequest, url_base: str) -> ImagesResponse:
+        """Serve one generations request. `url_base` is where `GET {url_base}/{id}` serves stored images."""
+        job = plan_generation(request, self.registry, self._random_seed)
+        plan = job.plan
+        log.info(
+            "generate model=%s size=%s quality=%s steps=%d n=%d seeds=%s",
+            plan.model, job.size, job.quality, plan.steps, plan.n, plan.seeds,
+        )  # fmt: skip
+        result = await self.engine.generate(plan)
+        # Encoding a large PNG takes tens of milliseconds: keep it off the event loop.
+        files = await asyncio.to_thread(_encode_all, result.images, job.output)
+        return ImagesResponse(
+            created=int(self._clock()),
+            data=[self._image_data(data, job, url_base) for data in files],
+            **self._gpt_image_fields(job, result.prompt_tokens),
+        )
+
+    def list_models(self) -> ModelList:
+        return ModelList(data=[self._card(model_id) for model_id in self.registry.public_ids()])
+
+    def get_model(self, model_id: str) -> ModelCard | None:
+        return self._card(model_id) if self.registry.resolve(model_id) else None
+
+    def _card(self, model_id: str) -> ModelCard:
+        return ModelCard(id=model_id, created=self.started_at, owned_by="localimg")
+
+    def _image_data(self, data: bytes, job: ImageJob, url_base: str) -> ImageData:
+        revised = job.plan.prompt if job.api_style == "dall-e-3" else None
+        if job.response_format == "url":
+            fmt = job.output.format
+            image_id = self.store.put(data, MIME_TYPES[fmt], fmt)
+            return ImageData(url=f"{url_base.rstrip('/')}/{image_id}", revised_prompt=revised)
+        return ImageData(b64_json=base64.b64encode(data).decode("ascii"), revised_prompt=revised)
+
+    @staticmethod
+    def _gpt_image_fields(job: ImageJob, prompt_tokens: int) -> dict[str, object]:
+        """DALL·E responses carry only `created` and `data`; gpt-image ones echo the resolved settings."""
+        if job.api_style != "gpt-image":
+            return {}
+        output_tokens = image_tokens(job.size) * job.plan.n
+        usage = Usage(
+            input_tokens=prompt_tokens,
+            input_tokens_details=InputTokensDetails(text_tokens=prompt_tokens, image_tokens=0),
+            output_tokens=output_tokens,
+            output_tokens_details=OutputTokensDetails(text_tokens=0, image_tokens=output_tokens),
+            total_tokens=prompt_tokens + output_tokens,
+        )
+        return {
+            "background": job.output.background,
+            "output_format": job.output.format,
+            "quality": job.quality,
+            "size": str(job.size),
+            "usage": usage,
+            "safety_identifier": job.safety_identifier,
+        }
+
+
+def _encode_all(images: list[Image.Image], output: OutputOptions) -> list[bytes]:
+    return [encode_image(image, output.format, output.compression) for image in images]

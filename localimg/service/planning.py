@@ -1,0 +1,252 @@
+"""gpt-image semantics as pure functions: a validated wire request -> an `ImageJob` with every default resolved.
+
+Every rule about size, quality, output format, background, `n` and seeds lives here, so a reader can follow
+each parameter from the route to the pipeline call in one hop. Nothing here touches torch or HTTP.
+
+Which API a request speaks is decided by the model id the client sent: `dall-e-2` and `dall-e-3` keep their
+legacy rules (fixed sizes, `response_format`, `style`); every other id (gpt-image-*, local model names)
+follows the gpt-image rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from localimg.backends.base import GenerationPlan
+from localimg.errors import InvalidRequestError
+from localimg.protocol import ImageGenerateRequest, OutputFormat, ResponseFormat
+from localimg.registry import ImageSize, ModelSpec, Registry
+
+ApiStyle = Literal["gpt-image", "dall-e-2", "dall-e-3"]
+
+GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536")
+DALLE_SIZES: dict[ApiStyle, tuple[str, ...]] = {
+    "dall-e-2": ("256x256", "512x512", "1024x1024"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+}
+PROMPT_MAX_CHARS: dict[ApiStyle, int] = {"gpt-image": 32_000, "dall-e-2": 1_000, "dall-e-3": 4_000}
+# DALL·E quality names map onto our presets: "hd" is the better one.
+DALLE_QUALITY: dict[ApiStyle, dict[str, str]] = {
+    "dall-e-2": {"standard": "medium"},
+    "dall-e-3": {"standard": "medium", "hd": "high"},
+}
+MAX_ASPECT = 3.0
+SEED_MODULUS = 2**63
+# Image tokens are counted as the 16x16-pixel patches the image is made of (FLUX's and SD3's transformer
+# tokens); a 1024x1024 image is 4096 tokens. OpenAI counts its own differently; this is documented.
+IMAGE_TOKEN_PATCH = 16
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    format: OutputFormat
+    compression: int  # 0-100; meaningful for jpeg/webp, always 100 for png
+    background: Literal["opaque", "transparent"]
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """A generation request with everything resolved: what to run, and how to answer."""
+
+    spec: ModelSpec
+    api_style: ApiStyle
+    plan: GenerationPlan
+    size: ImageSize
+    quality: str  # the resolved preset name: low | medium | high
+    output: OutputOptions
+    response_format: ResponseFormat
+    safety_identifier: str | None
+
+
+def plan_generation(request: ImageGenerateRequest, registry: Registry, random_seed: Callable[[], int]) -> ImageJob:
+    """Resolve a generations request. Raises InvalidRequestError naming the offending parameter."""
+    requested_model = request.model or registry.default_model
+    spec = resolve_model(requested_model, registry)
+    style = api_style(requested_model)
+    check_prompt(request.prompt, style)
+    n = request.n or 1
+    if style == "dall-e-3" and n != 1:
+        raise InvalidRequestError("You must provide n=1 for this model.", param="n", code="invalid_value")
+    _check_style_only_params(request, style)
+    if request.stream:
+        raise InvalidRequestError(
+            "Streaming (stream=true) is not supported by this server yet.", param="stream", code="invalid_value"
+        )
+    size = resolve_size(request.size, style, spec)
+    quality = resolve_quality(request.quality, style, spec)
+    output = resolve_output(request.output_format, request.output_compression, request.background)
+    preset = spec.quality[quality]
+    plan = GenerationPlan(
+        model=spec.name,
+        prompt=request.prompt,
+        width=size.width,
+        height=size.height,
+        steps=request.num_inference_steps or preset.steps,
+        guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
+        seeds=draw_seeds(request.seed, n, random_seed),
+        negative_prompt=request.negative_prompt or None,
+        max_sequence_length=preset.max_sequence_length,
+    )
+    return ImageJob(
+        spec=spec,
+        api_style=style,
+        plan=plan,
+        size=size,
+        quality=quality,
+        output=output,
+        response_format=request.response_format or ("url" if style != "gpt-image" else "b64_json"),
+        safety_identifier=request.safety_identifier or request.user or None,
+    )
+
+
+def api_style(model_id: str) -> ApiStyle:
+    return model_id if model_id in ("dall-e-2", "dall-e-3") else "gpt-image"  # type: ignore[return-value]
+
+
+def resolve_model(model_id: str, registry: Registry) -> ModelSpec:
+    spec = registry.resolve(model_id)
+    if spec is None:
+        raise InvalidRequestError(
+            f"The model '{model_id}' does not exist. Available models: {', '.join(registry.public_ids())}.",
+            param="model",
+            code="model_not_found",
+        )
+    return spec
+
+
+def check_prompt(prompt: str, style: ApiStyle) -> None:
+    limit = PROMPT_MAX_CHARS[style]
+    if len(prompt) > limit:
+        raise InvalidRequestError(
+            f"Invalid 'prompt': string too long. Expected a string with maximum length {limit}, "
+            f"but got a string with length {len(prompt)} instead.",
+            param="prompt",
+            code="string_above_max_length",
+        )
+
+
+def _check_style_only_params(request: ImageGenerateRequest, style: ApiStyle) -> None:
+    """`response_format` and `style` exist only for DALL·E models; gpt-image models refuse them by name."""
+    dalle_only = {"response_format": request.response_format, "style": request.style}
+    allowed = {"dall-e-2": {"response_format"}, "dall-e-3": {"response_format", "style"}}.get(style, set())
+    for name, value in dalle_only.items():
+        if value is not None and name not in allowed:
+            raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+
+
+def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSize:
+    """`auto`/None -> the model's default size; otherwise a size the API style and the model both allow."""
+    if style != "gpt-image":
+        allowed = DALLE_SIZES[style]
+        if text is None or text == "auto":
+            return ImageSize.parse(allowed[0])  # type: ignore[return-value]
+        if text not in allowed:
+            raise _invalid_value(text, [*allowed], param="size")
+        size = ImageSize.parse(text)
+        assert size is not None
+        _check_model_limits(size, text, spec)
+        return size
+    if text is None or text == "auto":
+        return spec.default_size
+    size = ImageSize.parse(text)
+    if size is None:
+        raise InvalidRequestError(
+            f"Invalid size '{text}'. Expected WIDTHxHEIGHT, for example '1536x1024', or one of "
+            f"{_quoted([*GPT_IMAGE_SIZES, 'auto'])}.",
+            param="size",
+            code="invalid_value",
+        )
+    if size.width % 16 or size.height % 16:
+        raise InvalidRequestError(
+            f"Invalid size '{text}'. Width and height must both be divisible by 16.", param="size", code="invalid_value"
+        )
+    if size.width == 0 or size.height == 0 or max(size.width, size.height) > MAX_ASPECT * min(size.width, size.height):
+        raise InvalidRequestError(
+            f"Invalid size '{text}'. The aspect ratio must be between 1:3 and 3:1.", param="size", code="invalid_value"
+        )
+    _check_model_limits(size, text, spec)
+    return size
+
+
+def _check_model_limits(size: ImageSize, text: str, spec: ModelSpec) -> None:
+    limits = spec.limits
+    fits = (
+        limits.min_side <= min(size.width, size.height)
+        and max(size.width, size.height) <= limits.max_side
+        and size.pixels <= limits.max_pixels
+    )
+    if not fits:
+        raise InvalidRequestError(
+            f"Invalid size '{text}'. Model '{spec.name}' supports sides from {limits.min_side} to "
+            f"{limits.max_side} pixels and at most {limits.max_pixels} pixels in total.",
+            param="size",
+            code="invalid_value",
+        )
+    if size.width % limits.multiple_of or size.height % limits.multiple_of:
+        raise InvalidRequestError(
+            f"Invalid size '{text}'. Model '{spec.name}' needs width and height divisible by {limits.multiple_of}.",
+            param="size",
+            code="invalid_value",
+        )
+
+
+def resolve_quality(text: str | None, style: ApiStyle, spec: ModelSpec) -> str:
+    """The preset to run: `auto`/None -> the model's auto preset; DALL·E names map onto presets."""
+    if text is None or text == "auto":
+        return spec.auto_quality
+    if style == "gpt-image":
+        if text not in spec.quality:
+            raise _invalid_value(text, [*spec.quality, "auto"], param="quality")
+        return text
+    mapping = DALLE_QUALITY[style]
+    if text not in mapping:
+        raise _invalid_value(text, [*mapping, "auto"], param="quality")
+    return mapping[text]
+
+
+def resolve_output(
+    output_format: OutputFormat | None, compression: int | None, background: str | None
+) -> OutputOptions:
+    fmt: OutputFormat = output_format or "png"
+    if fmt == "png" and compression is not None and compression < 100:
+        raise InvalidRequestError(
+            "Compression less than 100 is not supported for PNG output format.",
+            param="output_compression",
+            code="invalid_png_output_compression",
+        )
+    if background == "transparent":
+        if fmt == "jpeg":
+            raise InvalidRequestError(
+                "Transparent background requires output_format to be png or webp.",
+                param="background",
+                code="invalid_value",
+            )
+        raise InvalidRequestError(
+            "background='transparent' is not supported by this server yet; use 'opaque' or 'auto'.",
+            param="background",
+            code="invalid_value",
+        )
+    return OutputOptions(format=fmt, compression=100 if compression is None else compression, background="opaque")
+
+
+def draw_seeds(seed: int | None, n: int, random_seed: Callable[[], int]) -> tuple[int, ...]:
+    """One seed per image: consecutive from the given (or a random) seed, so image i of n is reproducible."""
+    base = random_seed() if seed is None else seed
+    return tuple((base + i) % SEED_MODULUS for i in range(n))
+
+
+def image_tokens(size: ImageSize) -> int:
+    return (size.width // IMAGE_TOKEN_PATCH) * (size.height // IMAGE_TOKEN_PATCH)
+
+
+def _invalid_value(value: str, allowed: Sequence[str], *, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid value: '{value}'. Supported values are: {_quoted(allowed)}.", param=param, code="invalid_value"
+    )
+
+
+def _quoted(values: Sequence[str]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"

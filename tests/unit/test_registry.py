@@ -1,0 +1,139 @@
+"""models.toml validation: good files load, and each mistake names the file, the table and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localimg.errors import RegistryError
+from localimg.registry import ImageSize, Registry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+default_model = "flux"
+[models.flux]
+family = "flux"
+source = { path = "weights/flux" }
+aliases = ["gpt-image-1", "dall-e-3"]
+"""
+
+
+def load(tmp_path: Path, text: str) -> Registry:
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    return Registry.load(path)
+
+
+def fails(tmp_path: Path, text: str, *fragments: str) -> str:
+    with pytest.raises(RegistryError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_minimal_file_takes_family_defaults(tmp_path):
+    registry = load(tmp_path, MINIMAL)
+    spec = registry.resolve("flux")
+    assert spec is registry.default and spec.family == "flux"
+    assert spec.source.path == (tmp_path / "weights/flux").resolve()  # relative to the file
+    assert spec.default_size == ImageSize(1024, 1024)
+    assert spec.quality["medium"].steps == 28 and spec.auto_quality == "medium"
+    assert spec.limits.multiple_of == 16 and not spec.allow_pickle
+
+
+def test_aliases_resolve(tmp_path):
+    registry = load(tmp_path, MINIMAL)
+    assert registry.resolve("gpt-image-1").name == "flux"
+    assert registry.resolve("dall-e-3").name == "flux"
+    assert registry.resolve("nope") is None
+    assert registry.public_ids() == ["flux", "gpt-image-1", "dall-e-3"]
+
+
+def test_full_entry(tmp_path):
+    registry = load(
+        tmp_path,
+        """
+[models.sdxl]
+family = "sdxl"
+source = { repo = "stabilityai/stable-diffusion-xl-base-1.0", revision = "abc123" }
+default_size = "1024x768"
+max_batch = 2
+allow_pickle = true
+dtype = { cuda = "float16" }
+limits = { max_side = 1536, multiple_of = 64 }
+[models.sdxl.quality]
+auto = "high"
+low = { steps = 10, guidance = 4.0 }
+high = { steps = 60, guidance = 6.5 }
+[models.single]
+family = "sd15"
+source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-v1-5" }
+""",
+    )
+    spec = registry.resolve("sdxl")
+    assert registry.default_model == "sdxl"
+    assert spec.source.repo == "stabilityai/stable-diffusion-xl-base-1.0" and spec.source.revision == "abc123"
+    assert spec.default_size == ImageSize(1024, 768) and spec.max_batch == 2 and spec.allow_pickle
+    assert spec.dtype == {"cuda": "float16"}
+    assert spec.limits.max_side == 1536 and spec.limits.multiple_of == 64 and spec.limits.min_side == 256
+    assert spec.auto_quality == "high" and spec.quality["low"].guidance == 4.0 and spec.quality["medium"].steps == 30
+    single = registry.resolve("single")
+    assert single.source.file == (tmp_path / "ckpt/model.safetensors").resolve()
+    assert single.source.config == "runwayml/stable-diffusion-v1-5"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (MINIMAL.replace('family = "flux"', 'famly = "flux"'), ["[models.flux]", "'famly'"]),
+        (MINIMAL.replace('"flux"\nsource', '"flux2"\nsource'), ["[models.flux]", "family", "flux2"]),
+        (MINIMAL.replace('source = { path = "weights/flux" }', ""), ["[models.flux]", "source"]),
+        (MINIMAL.replace("path =", "pth ="), ["[models.flux]", "source"]),
+        (MINIMAL + 'default_size = "big"\n', ["[models.flux]", "default_size", "big"]),
+        (MINIMAL + "limits = { max_sid = 5 }\n", ["[models.flux]", "limits", "max_sid"]),
+        (MINIMAL + "limits = { max_side = -5 }\n", ["limits.max_side"]),
+        (MINIMAL + "[models.flux.quality]\nmedium = { steps = 0 }\n", ["quality.medium.steps"]),
+        (MINIMAL + "[models.flux.quality]\nultra = { steps = 4 }\n", ["quality", "'ultra'"]),
+        (MINIMAL + '[models.flux.quality]\nauto = "best"\n', ["quality.auto", "best"]),
+        (MINIMAL + 'dtype = { cuda = "fp8" }\n', ["dtype.cuda", "fp8"]),
+        (MINIMAL + "max_batch = 0\n", ["max_batch"]),
+        (MINIMAL + 'allow_pickle = "yes"\n', ["allow_pickle", "bool"]),
+        (MINIMAL.replace('default_model = "flux"', 'default_model = "sd"'), ["default_model", "'sd'"]),
+        (MINIMAL.replace('"flux"]', '"../etc"]').replace("[models.flux]", '[models."../etc"]'), ["../etc"]),
+        (MINIMAL + '[models.other]\nfamily = "sd15"\nsource = { path = "x" }\naliases = ["dall-e-3"]\n', ["dall-e-3"]),
+        (MINIMAL.replace('["gpt-image-1", "dall-e-3"]', '["flux"]'), ["alias 'flux'"]),
+        ('[models.x]\nfamily = "sd15"\nsource = { repo = "no-slash" }\n', ["source.repo", "owner/name"]),
+        ('[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors" }\n', ["source.config"]),
+        ("default_model = 'x'\n", ["at least one"]),
+        ("models = [", ["not valid TOML"]),
+        (MINIMAL + "\n[server]\nport = 1\n", ["top level", "'server'"]),
+    ],
+)
+def test_mistakes_are_named(tmp_path, text, fragments):
+    message = fails(tmp_path, text, *fragments)
+    assert str(tmp_path / "models.toml") in message or "models.toml" in message
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(RegistryError, match="cannot read"):
+        Registry.load(tmp_path / "nope.toml")
+
+
+def test_restricted_to(tmp_path):
+    registry = load(tmp_path, MINIMAL + '[models.sd]\nfamily = "sd15"\nsource = { path = "x" }\naliases = ["a"]\n')
+    only_sd = registry.restricted_to(["sd"])
+    assert only_sd.default_model == "sd" and only_sd.public_ids() == ["sd", "a"]
+    with pytest.raises(RegistryError, match="unknown model"):
+        registry.restricted_to(["nope"])
+
+
+def test_shipped_models_toml_is_valid():
+    registry = Registry.load(REPO_ROOT / "models.toml")
+    families = {spec.family for spec in registry}
+    assert families == {"flux", "sd15", "sdxl", "sd3"}
+    for alias in ("gpt-image-2", "gpt-image-1.5", "gpt-image-1", "dall-e-3", "dall-e-2"):
+        assert registry.resolve(alias) is registry.default
