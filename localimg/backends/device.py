@@ -1,0 +1,141 @@
+"""Device detection and the dtype policy: which device a model runs on, and in which precision.
+
+The policy functions (`choose_dtype`, `vae_dtype`) are pure so they can be tested without a GPU; only
+`resolve_device`, `cuda_capability`, `torch_device` and `torch_dtype` touch torch.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from localimg.backends.base import DeviceInfo
+from localimg.errors import ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = ("auto", "cuda", "cuda:N", "mps", "cpu")
+_REQUEST = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+# MPS: SD1.5/SDXL are well tested in float16 on Apple silicon. FLUX and SD3 carry a T5-XXL text encoder that was
+# trained in bfloat16 and overflows in float16 (black or NaN images), so they get bfloat16, which MPS supports
+# from macOS 14; set `dtype = { mps = "float32" }` in models.toml on older systems.
+_MPS_DTYPE: Mapping[str, str] = {"sd15": "float16", "sdxl": "float16", "flux": "bfloat16", "sd3": "bfloat16"}
+
+
+class DeviceUnavailableError(ModelUnavailableError):
+    """The requested device does not exist on this machine (or this torch build)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="device_unavailable")
+
+
+@dataclass(frozen=True)
+class ResolvedDevice(DeviceInfo):
+    """A `DeviceInfo` that also remembers the CUDA ordinal (`cuda:1`) and compute capability."""
+
+    index: int | None = None
+    capability: tuple[int, int] | None = None
+
+    @property
+    def torch_name(self) -> str:
+        """The device string torch understands: "cuda:1", "mps", "cpu"."""
+        return f"{self.kind}:{self.index}" if self.index is not None else self.kind
+
+
+def resolve_device(requested: str) -> ResolvedDevice:
+    """`"auto"` picks cuda, then mps, then cpu; an explicit device that is not available raises."""
+    import torch
+
+    match = _REQUEST.match(requested.strip().lower())
+    if match is None:
+        raise DeviceUnavailableError(f"unknown device {requested!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+    kind, index_text = match[1], match[2]
+    if index_text is not None and kind != "cuda":
+        raise DeviceUnavailableError(f"device {requested!r}: only cuda devices take an index (cuda:N)")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif torch.backends.mps.is_available():
+            kind = "mps"
+        else:
+            kind = "cpu"
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceUnavailableError(f"device {requested!r} requested but CUDA is not available ({build})")
+        index = int(index_text) if index_text is not None else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceUnavailableError(f"device {requested!r} requested but only {count} CUDA device(s) exist")
+        major, minor = torch.cuda.get_device_capability(index)
+        return ResolvedDevice("cuda", torch.cuda.get_device_name(index), index=index, capability=(major, minor))
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            why = "needs macOS 12.3+ on Apple silicon" if torch.backends.mps.is_built() else "torch built without MPS"
+            raise DeviceUnavailableError(f"device {requested!r} requested but MPS is not available ({why})")
+        return ResolvedDevice("mps", f"Apple MPS ({platform.machine()})")
+    return ResolvedDevice("cpu", f"CPU ({platform.machine() or 'unknown'})")
+
+
+def cuda_capability(device: DeviceInfo) -> tuple[int, int] | None:
+    """The compute capability of a CUDA device (None elsewhere)."""
+    if device.kind != "cuda":
+        return None
+    if isinstance(device, ResolvedDevice) and device.capability is not None:
+        return device.capability
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(torch_device(device))
+    return major, minor
+
+
+def torch_device(device: DeviceInfo) -> torch.device:
+    """The torch device to move a pipeline to (a plain `DeviceInfo` means the current CUDA device)."""
+    import torch
+
+    return torch.device(device.torch_name if isinstance(device, ResolvedDevice) else device.kind)
+
+
+def choose_dtype(
+    device_kind: str, family: str, cuda_capability: tuple[int, int] | None, override: str | None = None
+) -> str:
+    """The precision a model runs in, as a name in `registry.DTYPES`.
+
+    A models.toml override (`ModelSpec.dtype[device_kind]`) wins. Otherwise: CUDA sm80+ (Ampere and later)
+    bfloat16, older CUDA float16 (no fast bfloat16 there), MPS per family (see `_MPS_DTYPE`), CPU float32
+    (half precision on CPU is slow and some kernels are missing).
+    """
+    if override is not None:
+        return override
+    if device_kind == "cuda":
+        return "bfloat16" if cuda_capability is not None and cuda_capability >= (8, 0) else "float16"
+    if device_kind == "mps":
+        return _MPS_DTYPE.get(family, "float16")
+    return "float32"
+
+
+def vae_dtype(family: str, dtype: str) -> str:
+    """The precision the VAE must decode in.
+
+    SDXL's VAE overflows in float16 (NaNs, black images) on every device, so it decodes in float32. The SDXL
+    pipeline does that itself when `vae.config.force_upcast` is set (cast up for the decode, back afterwards);
+    a VAE kept in float32 for good breaks it instead (dtype mismatch on CUDA, and on MPS the pipeline casts it back
+    to float16), so the backend enforces this through `force_upcast`. The other VAEs are fine in half precision.
+    """
+    return "float32" if family == "sdxl" and dtype == "float16" else dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`"bfloat16"` -> `torch.bfloat16`."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(dtypes)}")
+    return dtypes[name]

@@ -1,0 +1,179 @@
+"""`DiffusersBackend`: one model of any family on one device, run through its diffusers pipeline."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from localimg.backends.device import choose_dtype, cuda_capability, torch_device, torch_dtype
+from localimg.backends.families import adapter_for
+from localimg.backends.loading import load_pipeline
+from localimg.errors import GenerationError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    from localimg.backends.base import DeviceInfo, GenerationPlan, StepCallback
+    from localimg.registry import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class DiffusersBackend:
+    """An `ImageBackend` for every family in the registry; family differences live in `FamilyAdapter`s.
+
+    Not thread-safe: the engine runs one job at a time per backend.
+    """
+
+    def __init__(self, spec: ModelSpec, device: DeviceInfo) -> None:
+        self.spec = spec
+        self.device = device
+        self.adapter = adapter_for(spec.family)
+        self.dtype = choose_dtype(device.kind, spec.family, cuda_capability(device), spec.dtype.get(device.kind))
+        self._pipe: DiffusionPipeline | None = None
+        self._tiled = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def load(self) -> None:
+        """Load the weights onto the device (a no-op when loaded). Raises ModelUnavailableError."""
+        if self._pipe is not None:
+            return
+        pipe = load_pipeline(self.spec, self.adapter.pipeline_class, torch_dtype(self.dtype))
+        try:
+            pipe.to(torch_device(self.device))
+        except torch.cuda.OutOfMemoryError as exc:
+            del pipe
+            self._empty_cache()
+            raise ModelUnavailableError(
+                f"model {self.spec.name!r} does not fit in the memory of {self.device.name} in {self.dtype}",
+                code="model_load_failed",
+            ) from exc
+        self.adapter.prepare(pipe, self.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe = pipe
+        logger.info("model %s ready on %s (%s, %s)", self.spec.name, self.device.name, self.device.kind, self.dtype)
+
+    def generate(self, plan: GenerationPlan, on_step: StepCallback | None = None) -> list[Image.Image]:
+        """Run the plan in pipeline calls of at most `spec.max_batch` images, halving them on out-of-memory.
+
+        `on_step(done, total)` counts steps over all the calls of the job; an exception it raises aborts the job
+        and propagates.
+        """
+        pipe = self._require_pipe()
+        seeds = list(plan.seeds)
+        chunk = max(1, min(self.spec.max_batch, len(seeds)))
+        progress = _Progress(on_step)
+        images: list[Image.Image] = []
+        while len(images) < len(seeds):
+            batch = seeds[len(images) : len(images) + chunk]
+            progress.calls_total = progress.calls_done + math.ceil((len(seeds) - len(images)) / chunk)
+            try:
+                images.extend(self._call(pipe, plan, batch, progress))
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                detail = str(exc)
+            else:
+                progress.calls_done += 1
+                continue
+            # Handled outside the except block: the traceback pins the failed call's tensors until it is gone.
+            self._empty_cache()
+            if chunk > 1:
+                chunk //= 2
+                logger.warning("%s: out of memory; retrying %d image(s) per call", self.spec.name, chunk)
+            elif not self._tiled:
+                logger.warning("%s: out of memory; enabling VAE tiling and slicing", self.spec.name)
+                pipe.vae.enable_tiling()
+                pipe.vae.enable_slicing()
+                self._tiled = True
+            else:
+                logger.error("%s: out of memory at one image with a tiled VAE: %s", self.spec.name, detail)
+                raise GenerationError(
+                    f"out of memory generating a {plan.width}x{plan.height} image with {self.spec.name} on "
+                    f"{self.device.name}; try a smaller size",
+                    code="out_of_memory",
+                )
+        return images
+
+    def count_tokens(self, text: str) -> int:
+        """Prompt length in the family's primary tokenizer, special tokens excluded, never truncated."""
+        tokenizer = self.adapter.prompt_tokenizer(self._require_pipe())
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def unload(self) -> None:
+        """Drop the pipeline and give its memory back to the device."""
+        self._pipe = None
+        self._tiled = False
+        gc.collect()
+        self._empty_cache()
+
+    def _call(
+        self, pipe: DiffusionPipeline, plan: GenerationPlan, seeds: list[int], progress: _Progress
+    ) -> list[Image.Image]:
+        kwargs = self.adapter.call_kwargs(plan, len(seeds))
+        with torch.inference_mode():
+            output = pipe(
+                **kwargs,
+                generator=self._generators(seeds),
+                output_type="pil",
+                callback_on_step_end=progress.callback,
+            )
+        images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
+        for image in images:
+            if image.size != (plan.width, plan.height):
+                raise GenerationError(
+                    f"{self.spec.name} produced {image.width}x{image.height} for a {plan.width}x{plan.height} "
+                    f"request; the model's limits.multiple_of in models.toml is too small",
+                    code="invalid_size",
+                )
+        return images
+
+    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
+        # One generator per image, so image i depends on seeds[i] only, whatever the batch. CUDA generators live
+        # on the GPU (noise is drawn there); on MPS/CPU they live on the CPU, as diffusers draws MPS noise on the
+        # CPU anyway. We promise reproducibility on one machine and software stack, not across devices.
+        where = torch_device(self.device) if self.device.kind == "cuda" else torch.device("cpu")
+        return [torch.Generator(device=where).manual_seed(seed) for seed in seeds]
+
+    def _require_pipe(self) -> DiffusionPipeline:
+        if self._pipe is None:
+            raise ModelUnavailableError(f"model {self.spec.name!r} is not loaded", code="model_not_loaded")
+        return self._pipe
+
+    def _empty_cache(self) -> None:
+        if self.device.kind == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.kind == "mps":
+            torch.mps.empty_cache()
+
+
+@dataclass
+class _Progress:
+    """Turns per-call step callbacks into one count over the whole job."""
+
+    on_step: StepCallback | None
+    calls_done: int = 0
+    calls_total: int = 1
+
+    def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.on_step is not None:
+            # num_timesteps, not plan.steps: some schedulers (PNDM) take one step more than asked.
+            per_call = pipe.num_timesteps
+            self.on_step(self.calls_done * per_call + step + 1, self.calls_total * per_call)
+        return kwargs
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises a dedicated type; MPS raises a plain RuntimeError with this wording.
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )

@@ -1,0 +1,61 @@
+"""What differs between model families: the pipeline class, the call arguments, the prompt tokenizer.
+
+Each family's file (`flux.py`, `sd15.py`, `sdxl.py`, `sd3.py`) subclasses `FamilyAdapter` and keeps its quirks
+there; `DiffusersBackend` is the same for every family.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
+
+    from localimg.backends.base import GenerationPlan
+
+
+class FamilyAdapter:
+    """The defaults fit Stable Diffusion-style pipelines (CLIP tokenizer, classifier-free guidance)."""
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+
+    def call_kwargs(self, plan: GenerationPlan, num_images: int) -> dict[str, Any]:
+        """The pipeline `__call__` arguments for `num_images` images of `plan` (the backend adds generators)."""
+        kwargs: dict[str, Any] = {
+            "prompt": plan.prompt,
+            "height": plan.height,
+            "width": plan.width,
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "num_images_per_prompt": num_images,
+        }
+        if plan.negative_prompt:
+            kwargs["negative_prompt"] = plan.negative_prompt
+        return kwargs
+
+    def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
+        """The tokenizer whose count is reported as the prompt's length."""
+        return pipe.tokenizer
+
+    def prepare(self, pipe: DiffusionPipeline, dtype: str) -> None:
+        """Family fixes applied once after loading, with the pipeline in `dtype` on its device."""
+
+
+def adapter_for(family: str) -> FamilyAdapter:
+    """The adapter for a registry family name ("flux", "sd15", "sdxl", "sd3")."""
+    from localimg.backends.flux import FluxAdapter
+    from localimg.backends.sd3 import SD3Adapter
+    from localimg.backends.sd15 import SD15Adapter
+    from localimg.backends.sdxl import SDXLAdapter
+
+    adapters: dict[str, type[FamilyAdapter]] = {
+        "flux": FluxAdapter,
+        "sd15": SD15Adapter,
+        "sdxl": SDXLAdapter,
+        "sd3": SD3Adapter,
+    }
+    if family not in adapters:
+        raise ValueError(f"no backend for model family {family!r}; known: {', '.join(adapters)}")
+    return adapters[family]()

@@ -1,0 +1,35 @@
+"""Stable Diffusion 3/3.5: two CLIP encoders plus T5, an MMDiT transformer, classifier-free guidance.
+
+Tokens are counted with the T5 tokenizer (the only encoder that sees more than 77 tokens), or CLIP-L when the
+model was packaged without T5 (`text_encoder_3 = null`). `max_sequence_length` caps the T5 prompt (pipeline
+default 256).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
+
+from localimg.backends.families import FamilyAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from localimg.backends.base import GenerationPlan
+
+
+class SD3Adapter(FamilyAdapter):
+    family: ClassVar[str] = "sd3"
+    pipeline_class: ClassVar[type[DiffusionPipeline]] = StableDiffusion3Pipeline
+
+    def call_kwargs(self, plan: GenerationPlan, num_images: int) -> dict[str, Any]:
+        kwargs = super().call_kwargs(plan, num_images)
+        if plan.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = plan.max_sequence_length
+        return kwargs
+
+    def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
+        if getattr(pipe, "tokenizer_3", None) is not None and getattr(pipe, "text_encoder_3", None) is not None:
+            return pipe.tokenizer_3
+        return pipe.tokenizer

@@ -1,0 +1,524 @@
+"""Tiny random-weight diffusers pipelines for tests: real folder layouts, real pipeline classes, no hub.
+
+`build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl` and `tiny-sd3` under `out_dir` as
+ordinary diffusers folders (safetensors only) plus a `models.toml` registering them, and returns that file's
+path. Every component is built locally from fixed seeds, tokenizers included (trained here on a small
+built-in corpus), so the build needs no network. Shapes follow the real families (8x VAE downsampling,
+2x2 transformer patches, CLIP's 77-token window, the real VAE scaling factors) while channels, layers and
+heads are cut down so a 1024x1024 image takes a fraction of a second on a CPU.
+
+The build is idempotent: `out_dir/.complete` is written last and holds the build version, and a build
+whose marker matches returns at once. Each folder is built under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPTokenizer, T5Tokenizer
+
+# Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
+BUILD_VERSION = "tiny-models-1"
+MARKER = ".complete"
+
+OPENAI_ALIASES = (
+    "gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-1.5", "gpt-image-1", "gpt-image-1-mini",
+    "chatgpt-image-latest", "dall-e-3", "dall-e-2",
+)  # fmt: skip
+
+CLIP_MAX_LENGTH = 77
+T5_MAX_LENGTH = 512
+CLIP_VOCAB_TARGET = 1000
+CLIP_HIDDEN = 32
+T5_D_MODEL = 64  # >= the two CLIP widths concatenated, which SD3 pads up to the T5 width
+
+_CORPUS = """
+A photo of an astronaut riding a horse on the moon, highly detailed, dramatic lighting, 8k.
+A watercolor painting of a quiet harbor at sunrise with small fishing boats and seagulls.
+Portrait of an old sailor with a grey beard, oil painting, warm colors, soft light, studio.
+A cozy cabin in a snowy forest at night, warm light glowing from the windows, stars above.
+A red fox sitting in a field of tall golden grass, shallow depth of field, morning mist.
+Cyberpunk city street in the rain, neon signs, reflections on wet asphalt, cinematic shot.
+A bowl of fresh fruit on a wooden table: apples, oranges, grapes and a single yellow pear.
+An isometric illustration of a tiny island with a lighthouse, palm trees and blue water.
+A minimalist logo of a mountain and a river, flat vector design, two colors, white background.
+A cat wearing a tiny knitted hat, sleeping on a pile of books next to a cup of tea.
+Macro photograph of a dragonfly on a leaf covered with dew drops, sharp focus, bokeh.
+A medieval castle on a cliff above the sea, storm clouds, lightning, epic fantasy art.
+Children playing in a park in autumn, colorful leaves, sunny afternoon, candid photo.
+A futuristic train crossing a glass bridge between two skyscrapers, clean architecture.
+Still life with flowers in a blue vase, roses, tulips and daisies, impressionist style.
+A desert landscape with sand dunes and a caravan of camels under a huge orange sun.
+An underwater scene with coral reefs, bright tropical fish, turtles and rays of light.
+A robot chef cooking pancakes in a bright modern kitchen, playful 3d render, pastel colors.
+A black and white street photograph of people walking under umbrellas in a busy city.
+A map of an imaginary kingdom drawn on old paper, with forests, rivers, roads and towns.
+Close-up of a vintage camera on a desk, film rolls, notebook and pencil, natural light.
+A friendly dragon reading a newspaper in a library, children's book illustration.
+Aerial view of green rice terraces in the mountains, winding paths, small houses, clouds.
+A glass of iced coffee with milk swirling inside, product photography, clean background.
+Sketch of a running horse in charcoal, loose lines, dynamic motion, on textured paper.
+A neon sign that says "open late" in a dark alley, pink and blue glow, 35mm film grain.
+Two hikers on a ridge at sunset, long shadows, wide angle, vivid sky, high contrast.
+An astronaut's helmet reflecting a distant planet, science fiction poster, bold typography.
+Small wooden boat on a calm lake, mountains reflected in the water, early morning, serene.
+A garden of giant mushrooms glowing in the dark, fireflies, magical, soft focus, dreamy.
+"""
+
+
+@dataclass(frozen=True)
+class _Tokenizers:
+    clip: CLIPTokenizer
+    t5: T5Tokenizer
+
+
+@dataclass(frozen=True)
+class _ModelEntry:
+    """One `[models.NAME]` table of the generated models.toml."""
+
+    name: str
+    family: str
+    default_size: str
+    multiple_of: int
+    guidance: float
+    max_sequence_length: int | None = None
+    aliases: tuple[str, ...] = ()
+
+
+_ENTRIES = (
+    _ModelEntry("tiny-flux", "flux", "1024x1024", 16, 3.5, max_sequence_length=64, aliases=OPENAI_ALIASES),
+    _ModelEntry("tiny-sd15", "sd15", "512x512", 8, 7.5),
+    _ModelEntry("tiny-sdxl", "sdxl", "1024x1024", 8, 5.0),
+    _ModelEntry("tiny-sd3", "sd3", "1024x1024", 16, 4.5, max_sequence_length=64),
+)
+MODEL_NAMES = tuple(entry.name for entry in _ENTRIES)
+
+
+def build_tiny_models(out_dir: Path, *, force: bool = False) -> Path:
+    """Build (or reuse) the four tiny pipelines under `out_dir`; return the path of `out_dir/models.toml`."""
+    out_dir = Path(out_dir)
+    toml_path = out_dir / "models.toml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(out_dir / ".lock"):
+        if not force and _is_complete(out_dir):
+            return toml_path
+        (out_dir / MARKER).unlink(missing_ok=True)
+        _remove_partials(out_dir)
+        tokenizers = _build_tokenizers()
+        builders: dict[str, Callable[[_Tokenizers], DiffusionPipeline]] = {
+            "tiny-flux": _flux_pipeline,
+            "tiny-sd15": _sd15_pipeline,
+            "tiny-sdxl": _sdxl_pipeline,
+            "tiny-sd3": _sd3_pipeline,
+        }
+        for name, build in builders.items():
+            _save_atomically(build(tokenizers), out_dir / name)
+        _write_atomically(toml_path, models_toml())
+        _write_atomically(out_dir / MARKER, _marker_text())
+    return toml_path
+
+
+def models_toml() -> str:
+    """The registry file for the tiny models, with `source` paths relative to the file."""
+    parts = ['# Written by localimg.testing.tiny; tiny random-weight models for tests.\n',
+             f'default_model = "{_ENTRIES[0].name}"\n']  # fmt: skip
+    for entry in _ENTRIES:
+        seq = "" if entry.max_sequence_length is None else f", max_sequence_length = {entry.max_sequence_length}"
+        presets = "\n".join(
+            f"{level} = {{ steps = {steps}, guidance = {entry.guidance}{seq} }}"
+            for level, steps in (("low", 1), ("medium", 2), ("high", 3))
+        )
+        parts.append(
+            f"""
+[models.{entry.name}]
+family = "{entry.family}"
+description = "Tiny random-weight {entry.family} test model: outputs noise, for tests only."
+source = {{ path = "{entry.name}" }}
+aliases = {json.dumps(list(entry.aliases))}
+default_size = "{entry.default_size}"
+max_batch = 4
+limits = {{ min_side = 64, max_side = 2048, max_pixels = 4194304, multiple_of = {entry.multiple_of} }}
+
+[models.{entry.name}.quality]
+auto = "medium"
+{presets}
+"""
+        )
+    return "".join(parts)
+
+
+# --- bookkeeping -------------------------------------------------------------------------------------------
+
+
+def _marker_text() -> str:
+    # The saved formats follow the library versions, so a library upgrade triggers a rebuild.
+    return f"{BUILD_VERSION} diffusers={version('diffusers')} transformers={version('transformers')}\n"
+
+
+def _is_complete(out_dir: Path) -> bool:
+    marker = out_dir / MARKER
+    if not marker.is_file() or marker.read_text(encoding="utf-8") != _marker_text():
+        return False
+    return (out_dir / "models.toml").is_file() and all(
+        (out_dir / n / "model_index.json").is_file() for n in MODEL_NAMES
+    )
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Serialise concurrent builders (e.g. pytest-xdist workers) on one output folder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: builds there are single-process
+        yield
+        return
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_partials(out_dir: Path) -> None:
+    """Drop what an interrupted build left behind (we hold the lock, so no live build owns them)."""
+    for leftover in out_dir.glob(".*.partial-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _save_atomically(pipe: DiffusionPipeline, target: Path) -> None:
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
+
+
+# --- tokenizers --------------------------------------------------------------------------------------------
+
+
+def _build_tokenizers() -> _Tokenizers:
+    return _Tokenizers(clip=_clip_tokenizer(), t5=_t5_tokenizer())
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level BPE tokenizer shaped like CLIP's: all 512 base symbols, merges learnt from the corpus."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    # The empty tokenizer supplies CLIP's own normaliser and pre-tokeniser, so training sees the same words.
+    backend = CLIPTokenizer().backend_tokenizer
+    words = Counter(
+        word for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(_CORPUS))
+    )
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for symbol in [*alphabet, *(f"{char}</w>" for char in alphabet)]:
+        vocab.setdefault(symbol, len(vocab))
+    merges = _learn_bpe_merges(words, max_merges=CLIP_VOCAB_TARGET - len(vocab) - 2)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def _learn_bpe_merges(words: Counter[str], max_merges: int) -> list[tuple[str, str]]:
+    """Plain BPE training; ties go to the lexicographically smallest pair so the result is reproducible."""
+    splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            symbols = splits[word]
+            for pair in pairwise(symbols):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in splits.items():
+            splits[word] = _merge_pair(symbols, best)
+    return merges
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def _t5_tokenizer() -> T5Tokenizer:
+    """A Unigram (SentencePiece-style) vocabulary: corpus words, then single characters as the fallback."""
+    from transformers import T5Tokenizer
+
+    words = Counter(re.findall(r"\w+|[^\w\s]", _CORPUS))
+    chars = Counter(char for word, count in words.items() for char in word * count)
+    for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()":
+        chars[char] += 1
+    total = sum(words.values()) + sum(chars.values())
+    pieces: dict[str, float] = {"▁": math.log(1 / total)}
+    for word, count in words.most_common():
+        pieces[f"▁{word}"] = math.log(count / total)
+    # Characters score well below any word, so known words stay whole and unknown ones split into characters.
+    for char, count in sorted(chars.items()):
+        pieces.setdefault(char, math.log(count / total) - 10.0)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces.items()]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+# --- shared components -------------------------------------------------------------------------------------
+
+
+def _seeded(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _clip_config(tokenizer: CLIPTokenizer, *, hidden: int = CLIP_HIDDEN) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        projection_dim=hidden,
+        num_hidden_layers=2,  # SDXL reads the penultimate hidden state
+        num_attention_heads=2,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _clip_text_model(tokenizer: CLIPTokenizer, seed: int) -> Any:
+    from transformers import CLIPTextModel
+
+    _seeded(seed)
+    return CLIPTextModel(_clip_config(tokenizer)).eval()
+
+
+def _clip_text_model_with_projection(tokenizer: CLIPTokenizer, seed: int) -> Any:
+    from transformers import CLIPTextModelWithProjection
+
+    _seeded(seed)
+    return CLIPTextModelWithProjection(_clip_config(tokenizer)).eval()
+
+
+def _t5_encoder(tokenizer: T5Tokenizer, seed: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    _seeded(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=T5_D_MODEL,
+        d_kv=16,
+        d_ff=T5_D_MODEL * 2,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=64,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX and SD3 use
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None, seed: int) -> Any:
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    # Four blocks give the real 8x downsampling. The mid-block attention is dropped: at 1024px it would
+    # attend over 16k latent positions and dominate the run time.
+    flow_vae = shift_factor is not None
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 16, 16),  # the two full-resolution levels dominate the cost: keep them thin
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=1024,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=not flow_vae,  # the FLUX and SD3 VAEs have no quant convs
+        use_post_quant_conv=not flow_vae,
+        mid_block_add_attention=False,
+    ).eval()
+
+
+def _flow_scheduler(*, dynamic: bool) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if dynamic:  # FLUX.1-dev's scheduler: the shift follows the image's token count
+        return FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )  # fmt: skip
+    return FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+def _sd_scheduler() -> Any:
+    from diffusers import EulerDiscreteScheduler
+
+    # "trailing" spacing starts even 1- and 2-step runs from pure noise, which short test runs need.
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1,
+    )  # fmt: skip
+
+
+def _unet(*, cross_attention_dim: int, sample_size: int, seed: int, **extra: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    _seeded(seed)
+    # Attention only at the quarter-resolution level: at 1024px it sees 1k positions, not 4k or 16k.
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=2,
+        cross_attention_dim=cross_attention_dim,
+        **extra,
+    ).eval()
+
+
+# --- pipelines ---------------------------------------------------------------------------------------------
+
+
+def _flux_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    _seeded(10)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16 * 4,  # the pipeline packs 2x2 patches of the 16-channel latent itself
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_D_MODEL,
+        pooled_projection_dim=CLIP_HIDDEN,  # CLIPTextModel's pooled output
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    return FluxPipeline(
+        scheduler=_flow_scheduler(dynamic=True),
+        vae=_vae(16, 0.3611, 0.1159, seed=11),
+        text_encoder=_clip_text_model(tok.clip, seed=12),
+        tokenizer=tok.clip,
+        text_encoder_2=_t5_encoder(tok.t5, seed=13),
+        tokenizer_2=tok.t5,
+        transformer=transformer,
+    )
+
+
+def _sd15_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=_vae(4, 0.18215, None, seed=21),
+        text_encoder=_clip_text_model(tok.clip, seed=22),
+        tokenizer=tok.clip,
+        unet=_unet(cross_attention_dim=CLIP_HIDDEN, sample_size=64, seed=20),
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _sdxl_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import StableDiffusionXLPipeline
+
+    time_embed_dim = 8
+    unet = _unet(
+        cross_attention_dim=CLIP_HIDDEN * 2,  # both text encoders' hidden states, concatenated
+        sample_size=128,
+        seed=30,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # six micro-conditioning numbers (original size, crop, target size) plus text_encoder_2's pooled output
+        projection_class_embeddings_input_dim=time_embed_dim * 6 + CLIP_HIDDEN,
+        use_linear_projection=True,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(4, 0.13025, None, seed=31),
+        text_encoder=_clip_text_model(tok.clip, seed=32),
+        text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=33),
+        tokenizer=tok.clip,
+        tokenizer_2=tok.clip,
+        unet=unet,
+        scheduler=_sd_scheduler(),
+    )
+
+
+def _sd3_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    _seeded(40)
+    transformer = SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_D_MODEL,
+        caption_projection_dim=32,  # must equal heads * head_dim
+        pooled_projection_dim=CLIP_HIDDEN * 2,  # both CLIPs' projected outputs, concatenated
+        pos_embed_max_size=128,  # 128 patches of 16px: sides up to 2048
+    ).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=_flow_scheduler(dynamic=False),
+        vae=_vae(16, 1.5305, 0.0609, seed=41),
+        text_encoder=_clip_text_model_with_projection(tok.clip, seed=42),
+        tokenizer=tok.clip,
+        text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=43),
+        tokenizer_2=tok.clip,
+        text_encoder_3=_t5_encoder(tok.t5, seed=44),
+        tokenizer_3=tok.t5,
+    )

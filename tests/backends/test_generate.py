@@ -1,0 +1,180 @@
+"""DiffusersBackend on the four tiny families: sizes, counts, seeds, batching, cancellation, out-of-memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from localimg.backends.base import GenerationPlan
+from localimg.backends.device import resolve_device
+from localimg.backends.diffusers_backend import DiffusersBackend
+from localimg.errors import GenerationError, ModelUnavailableError
+from localimg.registry import Registry
+
+FAMILIES = ("tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3")
+MAX_BATCH = 2  # so that n=3 runs as two pipeline calls
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models_toml: Path) -> Registry:
+    return Registry.load(tiny_models_toml)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def backend(request: pytest.FixtureRequest, registry: Registry) -> Iterator[DiffusersBackend]:
+    spec = registry.resolve(request.param)
+    assert spec is not None
+    backend = DiffusersBackend(dataclasses.replace(spec, max_batch=MAX_BATCH), resolve_device("cpu"))
+    backend.load()
+    yield backend
+    backend.unload()
+
+
+def plan_for(
+    backend: DiffusersBackend, seeds: tuple[int, ...], width: int = 64, height: int = 64, **extra
+) -> GenerationPlan:
+    preset = backend.spec.quality["low"]
+    return GenerationPlan(
+        model=backend.spec.name,
+        prompt="a lighthouse on a tiny island, watercolor",
+        width=width,
+        height=height,
+        steps=2,
+        guidance_scale=preset.guidance,
+        seeds=seeds,
+        max_sequence_length=preset.max_sequence_length,
+        **extra,
+    )
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.mark.parametrize(("width", "height", "seeds"), [(256, 256, (7,)), (512, 384, (1, 2, 3))])
+def test_size_and_count(backend: DiffusersBackend, width: int, height: int, seeds: tuple[int, ...]):
+    images = backend.generate(plan_for(backend, seeds, width, height))
+    assert len(images) == len(seeds)
+    for image in images:
+        assert image.mode == "RGB"
+        assert image.size == (width, height)
+
+
+def test_same_seed_same_pixels_other_seed_differs(backend: DiffusersBackend):
+    first, other = backend.generate(plan_for(backend, (42, 43)))
+    (again,) = backend.generate(plan_for(backend, (42,)))
+    (again_alone,) = backend.generate(plan_for(backend, (42,)))
+    assert np.array_equal(pixels(again), pixels(again_alone))
+    assert not np.array_equal(pixels(first), pixels(other))
+
+
+def test_image_i_is_reproducible_whatever_n(backend: DiffusersBackend):
+    seeds = (11, 12, 13)
+    batch = backend.generate(plan_for(backend, seeds))  # runs as [11, 12] + [13]
+    for seed, image in zip(seeds, batch, strict=True):
+        (alone,) = backend.generate(plan_for(backend, (seed,)))
+        # Batched kernels may round differently from single ones: allow one level out of 255.
+        assert np.abs(pixels(image) - pixels(alone)).max() <= 1, seed
+    (last,) = backend.generate(plan_for(backend, (13,)))
+    assert np.array_equal(pixels(batch[2]), pixels(last))  # same batch shape: bit-identical
+
+
+def test_progress_counts_over_all_calls(backend: DiffusersBackend):
+    steps: list[tuple[int, int]] = []
+    backend.generate(plan_for(backend, (1, 2, 3)), on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # two calls of two steps
+
+
+def test_negative_prompt(backend: DiffusersBackend):
+    (image,) = backend.generate(plan_for(backend, (5,), negative_prompt="blurry, low quality"))
+    assert image.size == (64, 64)
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_raising_on_step_aborts_and_propagates(backend: DiffusersBackend):
+    calls: list[int] = []
+
+    def cancel(done: int, total: int) -> None:
+        calls.append(done)
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        backend.generate(plan_for(backend, (1, 2, 3)), on_step=cancel)
+    assert calls == [1]
+    assert len(backend.generate(plan_for(backend, (1,)))) == 1  # still usable
+
+
+def test_count_tokens(backend: DiffusersBackend):
+    short = backend.count_tokens("a red fox")
+    long = backend.count_tokens("a red fox sitting in a field of tall golden grass, morning mist " * 20)
+    assert isinstance(short, int)
+    assert 0 < short < long
+    assert long > 77  # not truncated to CLIP's window
+
+
+def test_unload_then_load_again(registry: Registry):
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+    backend = DiffusersBackend(spec, resolve_device("cpu"))
+    backend.load()
+    backend.unload()
+    assert not backend.loaded
+    with pytest.raises(ModelUnavailableError, match="not loaded"):
+        backend.count_tokens("x")
+    backend.load()
+    assert backend.count_tokens("a red fox") > 0
+
+
+OUT_OF_MEMORY = [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)"),
+]
+
+
+@pytest.fixture(params=OUT_OF_MEMORY, ids=["cuda", "mps"])
+def sd15_oom(
+    request: pytest.FixtureRequest, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> tuple[DiffusersBackend, list[int]]:
+    """A tiny-sd15 backend whose pipeline calls run out of memory for more than `limit[0]` images."""
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+    backend = DiffusersBackend(dataclasses.replace(spec, max_batch=4), resolve_device("cpu"))
+    backend.load()
+    limit = [1]
+    sizes: list[int] = []
+
+    def pipeline_call(self, pipe, plan, seeds, progress):
+        sizes.append(len(seeds))
+        if len(seeds) > limit[0]:
+            raise request.param
+        return [Image.new("RGB", (plan.width, plan.height))] * len(seeds)
+
+    monkeypatch.setattr(DiffusersBackend, "_call", pipeline_call)
+    backend.sizes = sizes  # type: ignore[attr-defined]
+    return backend, limit
+
+
+def test_out_of_memory_halves_the_batch(sd15_oom):
+    backend, limit = sd15_oom
+    images = backend.generate(plan_for(backend, (1, 2, 3, 4, 5)))
+    assert len(images) == 5
+    assert backend.sizes == [4, 2, 1, 1, 1, 1, 1]
+
+
+def test_out_of_memory_at_one_image_tiles_the_vae_then_gives_up(sd15_oom):
+    backend, limit = sd15_oom
+    limit[0] = 0
+    with pytest.raises(GenerationError) as info:
+        backend.generate(plan_for(backend, (1, 2)))
+    assert info.value.code == "out_of_memory"
+    assert backend.sizes == [2, 1, 1]
+    assert backend._pipe.vae.use_tiling and backend._pipe.vae.use_slicing

@@ -1,0 +1,214 @@
+"""Loading from local folders, a (fake) Hugging Face cache and single files; clear errors when weights are missing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from localimg.backends.base import GenerationPlan
+from localimg.backends.device import resolve_device
+from localimg.backends.diffusers_backend import DiffusersBackend
+from localimg.backends.loading import load_pipeline, locate_weights, weights_present
+from localimg.errors import ModelUnavailableError
+from localimg.registry import ModelSource, ModelSpec, Registry
+
+REPO = "acme/tiny-sd15"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models_toml: Path) -> Registry:
+    return Registry.load(tiny_models_toml)
+
+
+@pytest.fixture(scope="module")
+def sd15(registry: Registry) -> ModelSpec:
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+    return spec
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sd15: ModelSpec) -> Path:
+    """A Hugging Face hub cache holding REPO at commit SHA (branch main), laid out as `hf download` leaves it."""
+    assert sd15.source.path is not None
+    cache = tmp_path / "hub"
+    entry = cache / f"models--{REPO.replace('/', '--')}"
+    snapshot = entry / "snapshots" / SHA
+    for file in sorted(sd15.source.path.rglob("*")):
+        if not file.is_file():
+            continue
+        data = file.read_bytes()
+        blob = entry / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(sd15.source.path)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(SHA)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def with_source(spec: ModelSpec, allow_pickle: bool = False, **source: object) -> ModelSpec:
+    return dataclasses.replace(spec, source=ModelSource(**source), allow_pickle=allow_pickle)  # type: ignore[arg-type]
+
+
+def unavailable(spec: ModelSpec, *fragments: str, present: bool = False) -> ModelUnavailableError:
+    assert weights_present(spec) is present
+    with pytest.raises(ModelUnavailableError) as info:
+        DiffusersBackend(spec, resolve_device("cpu")).load()
+    for fragment in (repr(spec.name), *fragments):
+        assert fragment in info.value.message, info.value.message
+    return info.value
+
+
+def generates(spec: ModelSpec) -> None:
+    backend = DiffusersBackend(spec, resolve_device("cpu"))
+    backend.load()
+    plan = GenerationPlan(
+        model=spec.name, prompt="a red fox", width=64, height=64, steps=1, guidance_scale=2.0, seeds=(0,)
+    )
+    (image,) = backend.generate(plan)
+    assert image.size == (64, 64)
+
+
+def test_importing_backends_forces_offline_mode():
+    code = (
+        "import os; os.environ['HF_HUB_OFFLINE'] = '0'; import localimg.backends.loading; "
+        "import huggingface_hub.constants as c; assert c.HF_HUB_OFFLINE is True; "
+        "assert all(os.environ[k] == '1' for k in "
+        "('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_HUB_DISABLE_TELEMETRY', 'DISABLE_TELEMETRY'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_folders_are_present(registry: Registry):
+    for spec in registry:
+        assert weights_present(spec), spec.name
+        assert locate_weights(spec).folder == spec.source.path
+
+
+def test_missing_folder(sd15: ModelSpec, tmp_path: Path):
+    error = unavailable(with_source(sd15, path=tmp_path / "nowhere"), str(tmp_path / "nowhere"), "source.path")
+    assert error.code == "model_weights_missing"
+
+
+def test_folder_without_model_index(sd15: ModelSpec, tmp_path: Path):
+    unavailable(with_source(sd15, path=tmp_path), "no model_index.json")
+
+
+def test_repo_from_cache_by_branch_and_commit(sd15: ModelSpec, hf_cache: Path):
+    for revision in ("main", SHA):
+        spec = with_source(sd15, repo=REPO, revision=revision)
+        assert locate_weights(spec).folder == hf_cache / f"models--acme--tiny-sd15/snapshots/{SHA}"
+    generates(spec)
+
+
+def test_repo_not_in_cache(sd15: ModelSpec, hf_cache: Path):
+    error = unavailable(
+        with_source(sd15, repo=REPO, revision="v2"),
+        f"{REPO}@v2",
+        str(hf_cache),
+        f"hf download {REPO} --revision v2",
+        "source.path",
+    )
+    assert error.code == "model_weights_missing"
+    unavailable(with_source(sd15, repo="acme/other"), "acme/other@main", str(hf_cache))
+
+
+@pytest.fixture(scope="module")
+def pickled_sd15(sd15: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-sd15 re-saved with pickled weights (transformers still writes .safetensors for the text encoder)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("pickled") / "tiny-sd15"
+    StableDiffusionPipeline.from_pretrained(sd15.source.path).save_pretrained(folder, safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+    return folder
+
+
+def test_pickled_weights_are_refused_by_default(sd15: ModelSpec, pickled_sd15: Path):
+    spec = with_source(sd15, path=pickled_sd15)
+    error = unavailable(spec, "only pickled weights", "unet, vae", "allow_pickle = true")
+    assert error.code == "model_weights_pickled"
+
+
+def test_pickled_weights_load_when_allowed(sd15: ModelSpec, pickled_sd15: Path):
+    spec = with_source(sd15, path=pickled_sd15, allow_pickle=True)
+    assert weights_present(spec)
+    generates(spec)
+
+
+def test_safetensors_are_preferred_over_pickles(sd15: ModelSpec, tmp_path: Path):
+    assert sd15.source.path is not None
+    folder = shutil.copytree(sd15.source.path, tmp_path / "both")
+    # Not a loadable pickle: loading it at all would fail the test.
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle")
+    generates(with_source(sd15, path=folder))
+
+
+def test_corrupt_weights_fail_with_the_cause(sd15: ModelSpec, tmp_path: Path):
+    assert sd15.source.path is not None
+    folder = shutil.copytree(sd15.source.path, tmp_path / "corrupt")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    error = unavailable(with_source(sd15, path=folder), str(folder), "StableDiffusionPipeline", present=True)
+    assert error.code == "model_load_failed"
+    assert error.__cause__ is not None
+
+
+class RecordingPipeline:
+    """Stands in for a pipeline class: producing a real single-file checkpoint needs the original key layout."""
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    @classmethod
+    def from_single_file(cls, path: str, **kwargs: object) -> str:
+        cls.calls.append((path, kwargs))
+        return "pipeline"
+
+
+def test_single_file_with_cached_config(sd15: ModelSpec, hf_cache: Path, tmp_path: Path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"")
+    spec = with_source(sd15, file=checkpoint, config=REPO)
+    assert load_pipeline(spec, RecordingPipeline, torch.float16) == "pipeline"  # type: ignore[arg-type]
+    path, kwargs = RecordingPipeline.calls[-1]
+    assert path == str(checkpoint)
+    assert kwargs == {
+        "config": str(hf_cache / f"models--acme--tiny-sd15/snapshots/{SHA}"),
+        "dtype": torch.float16,
+        "local_files_only": True,
+    }
+
+
+def test_single_file_with_config_folder(sd15: ModelSpec, tmp_path: Path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"")
+    spec = with_source(sd15, file=checkpoint, config=str(sd15.source.path))
+    load_pipeline(spec, RecordingPipeline, torch.float32)  # type: ignore[arg-type]
+    assert RecordingPipeline.calls[-1][1]["config"] == str(sd15.source.path)
+
+
+def test_single_file_errors(sd15: ModelSpec, tmp_path: Path, hf_cache: Path):
+    config = str(sd15.source.path)
+    missing = tmp_path / "missing.safetensors"
+    unavailable(with_source(sd15, file=missing, config=config), "does not exist", "source.file")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    error = unavailable(with_source(sd15, file=ckpt, config=config), "pickled checkpoint", "allow_pickle = true")
+    assert error.code == "model_weights_pickled"
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"")
+    unavailable(with_source(sd15, file=checkpoint, config="acme/absent"), "acme/absent@main", "hf download acme/absent")
+    unavailable(with_source(sd15, file=checkpoint, config=str(tmp_path)), "not a diffusers folder")

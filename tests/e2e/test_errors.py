@@ -1,0 +1,92 @@
+"""Every invalid input from the spec's checklist gives the right 400, through the official SDK."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+PROMPT = "a red circle"
+
+INVALID = [
+    # (kwargs, param, code)
+    ({"prompt": ""}, "prompt", "empty_string"),
+    ({"prompt": "x" * 32001}, "prompt", "string_above_max_length"),
+    ({"n": 0}, "n", "integer_below_min_value"),
+    ({"n": 11}, "n", "integer_above_max_value"),
+    ({"n": "2"}, "n", "invalid_type"),
+    ({"size": "13x13"}, "size", "invalid_value"),
+    ({"size": "bogus"}, "size", "invalid_value"),
+    ({"size": "4096x1024"}, "size", "invalid_value"),
+    ({"size": "8192x8192"}, "size", "invalid_value"),
+    ({"quality": "ultra"}, "quality", "invalid_value"),
+    ({"quality": "hd"}, "quality", "invalid_value"),
+    ({"output_format": "gif"}, "output_format", "invalid_value"),
+    ({"model": "no-such-model"}, "model", "model_not_found"),
+    ({"background": "transparent", "output_format": "jpeg"}, "background", "invalid_value"),
+    ({"output_format": "png", "output_compression": 50}, "output_compression", "invalid_png_output_compression"),
+    ({"output_compression": 101, "output_format": "jpeg"}, "output_compression", "integer_above_max_value"),
+    ({"response_format": "url"}, "response_format", "unknown_parameter"),
+    ({"style": "vivid"}, "style", "unknown_parameter"),
+    ({"moderation": "strict"}, "moderation", "invalid_value"),
+    ({"model": "dall-e-3", "n": 2}, "n", "invalid_value"),
+    ({"model": "dall-e-2", "size": "1536x1024"}, "size", "invalid_value"),
+    ({"extra_body": {"bogus_field": 1}}, "bogus_field", "unknown_parameter"),
+    ({"extra_body": {"mask": "x"}}, "mask", "unknown_parameter"),
+    ({"extra_body": {"seed": "7"}}, "seed", "invalid_type"),
+    ({"extra_body": {"num_inference_steps": 0}}, "num_inference_steps", "integer_below_min_value"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "param", "code"), INVALID, ids=[f"{p}-{c}" for _, p, c in INVALID])
+def test_invalid_input_is_a_400(client: OpenAI, kwargs: dict, param: str, code: str):
+    kwargs = {"model": "tiny-flux", "prompt": PROMPT, **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(**kwargs)
+    err = info.value
+    assert err.status_code == 400
+    assert (err.param, err.code) == (param, code), err.message
+    assert err.type == "invalid_request_error"
+    assert set(err.body) == {"message", "type", "param", "code"} and err.message
+    assert err.response.headers["x-request-id"].startswith("req_")
+
+
+def raw_post(server, body: bytes | str, content_type: str = "application/json") -> httpx.Response:
+    return httpx.post(
+        f"{server.root}/v1/images/generations", content=body, headers={"content-type": content_type}, timeout=30
+    )
+
+
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '"a string"', "", "null"])
+def test_malformed_json_is_a_400_envelope(server, body: str):
+    response = raw_post(server, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+
+
+def test_missing_prompt(server):
+    response = raw_post(server, '{"model": "tiny-flux"}')
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "missing_required_parameter"
+    assert response.json()["error"]["param"] == "prompt"
+
+
+def test_unknown_route_and_method(server):
+    response = httpx.get(f"{server.root}/v1/nope", timeout=10)
+    assert response.status_code == 404 and "error" in response.json()
+    response = httpx.get(f"{server.root}/v1/images/generations", timeout=10)
+    assert response.status_code == 405 and "error" in response.json()
+
+
+def test_models_list_and_retrieve(client: OpenAI):
+    ids = [model.id for model in client.models.list()]
+    for expected in ("tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3", "gpt-image-2", "gpt-image-1", "dall-e-3"):
+        assert expected in ids
+    model = client.models.retrieve("gpt-image-1")
+    assert (model.id, model.object, model.owned_by) == ("gpt-image-1", "model", "localimg")
+    assert isinstance(model.created, int)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("nope")
+    assert info.value.status_code == 404 and info.value.code == "model_not_found"
