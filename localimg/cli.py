@@ -13,9 +13,7 @@ from localimg.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI Images API server for local models.")
 
-ConfigOption = Annotated[
-    Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.")
-]
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.")]
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -27,9 +25,7 @@ def serve(
     config: ConfigOption = Path("models.toml"),
     host: Annotated[str, typer.Option(envvar="LOCALIMG_HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="LOCALIMG_PORT", help="Port to bind.")] = 8000,
-    device: Annotated[
-        str, typer.Option(envvar="LOCALIMG_DEVICE", help="auto, cuda, cuda:N, mps or cpu.")
-    ] = "auto",
+    device: Annotated[str, typer.Option(envvar="LOCALIMG_DEVICE", help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     models: Annotated[
         list[str], typer.Option(envvar="LOCALIMG_MODELS", help="Serve only these models (comma-separated).")
     ] = [],  # noqa: B006 - typer needs a literal default
@@ -41,9 +37,7 @@ def serve(
         str | None,
         typer.Option(envvar="LOCALIMG_PUBLIC_URL", help="Base URL clients reach this server at (for image URLs)."),
     ] = None,
-    url_ttl: Annotated[
-        int, typer.Option(envvar="LOCALIMG_URL_TTL", help="Seconds an image URL stays valid.")
-    ] = 3600,
+    url_ttl: Annotated[int, typer.Option(envvar="LOCALIMG_URL_TTL", help="Seconds an image URL stays valid.")] = 3600,
     max_queue: Annotated[
         int, typer.Option(envvar="LOCALIMG_MAX_QUEUE", help="Jobs queued or running before 503.")
     ] = 64,
@@ -88,11 +82,11 @@ def list_models(config: ConfigOption = Path("models.toml")) -> None:
 @contextmanager
 def _config_errors() -> Iterator[None]:
     """A broken models.toml or flag is the operator's to fix: one clear line, exit status 2, no traceback."""
-    from localimg.errors import RegistryError
+    from localimg.errors import LocalImgError, RegistryError
 
     try:
         yield
-    except (RegistryError, ValueError) as exc:
+    except (RegistryError, LocalImgError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 

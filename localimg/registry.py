@@ -198,8 +198,7 @@ class Registry:
         default_model = data.get("default_model", next(iter(models)))
         if default_model not in models:
             raise RegistryError(
-                f"{where}: default_model = {default_model!r} names no [models.*] table "
-                f"(declared: {', '.join(models)})"
+                f"{where}: default_model = {default_model!r} names no [models.*] table (declared: {', '.join(models)})"
             )
         return cls(models, default_model, path)
 
@@ -286,7 +285,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
 
 def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     if not isinstance(value, dict):
-        raise RegistryError(f"{ctx}: source must be a table, e.g. source = {{ path = \"/models/x\" }}")
+        raise RegistryError(f'{ctx}: source must be a table, e.g. source = {{ path = "/models/x" }}')
     kinds = [key for key in ("path", "repo", "file") if key in value]
     if len(kinds) != 1:
         raise RegistryError(f"{ctx}: source needs exactly one of 'path', 'repo', 'file' (got {sorted(value)})")
@@ -325,9 +324,7 @@ def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
     return limits
 
 
-def _parse_quality(
-    value: Any, defaults: Mapping[str, QualityPreset], ctx: str
-) -> tuple[dict[str, QualityPreset], str]:
+def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) -> tuple[dict[str, QualityPreset], str]:
     if not isinstance(value, dict):
         raise RegistryError(f"{ctx}: quality must be a table")
     _reject_unknown(value, {"auto", *QUALITY_LEVELS}, ctx.split(": ")[0], f"{ctx.split(': ')[1]} quality")

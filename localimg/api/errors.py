@@ -15,7 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from localimg.errors import HTTPStatusError, InvalidRequestError, LocalImgError, OverloadedError
+from localimg.errors import (
+    HTTPStatusError,
+    InvalidRequestError,
+    LocalImgError,
+    ModelUnavailableError,
+    OverloadedError,
+)
 from localimg.protocol import ErrorBody, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,8 @@ def error_response(
         # Both spellings: the OpenAI SDKs read retry-after-ms first, other clients Retry-After.
         all_headers["retry-after"] = str(max(1, round(exc.retry_after)))
         all_headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
+    if isinstance(exc, ModelUnavailableError):
+        all_headers["x-should-retry"] = "false"  # missing weights do not appear within an SDK retry window
     if request_id:
         all_headers["x-request-id"] = request_id
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=all_headers)
