@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from localimg.backends.base import StepProgress
 from localimg.backends.device import choose_dtype, cuda_capability, torch_device, torch_dtype
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
@@ -62,28 +62,26 @@ class DiffusersBackend:
         self._pipe = pipe
         logger.info("model %s ready on %s (%s, %s)", self.spec.name, self.device.name, self.device.kind, self.dtype)
 
-    def generate(self, plan: GenerationPlan, on_step: StepCallback | None = None) -> list[Image.Image]:
-        """Run the plan in pipeline calls of at most `spec.max_batch` images, halving them on out-of-memory.
+    def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:
+        """Run plans sharing one `batch_key` in pipeline calls of at most `spec.max_batch` images, halving the
+        calls on out-of-memory. Returns the images flat, in plan order then seed order.
 
-        `on_step(done, total)` counts steps over all the calls of the job; an exception it raises aborts the job
-        and propagates.
+        An exception raised by `on_step` aborts the job and propagates.
         """
         pipe = self._require_pipe()
-        seeds = list(plan.seeds)
-        chunk = max(1, min(self.spec.max_batch, len(seeds)))
-        progress = _Progress(on_step)
+        # One entry per image: the plan it belongs to and its seed, so a call can mix requests.
+        items = [(plan, seed) for plan in batch for seed in plan.seeds]
+        chunk = max(1, min(self.spec.max_batch, len(items)))
         images: list[Image.Image] = []
-        while len(images) < len(seeds):
-            batch = seeds[len(images) : len(images) + chunk]
-            progress.calls_total = progress.calls_done + math.ceil((len(seeds) - len(images)) / chunk)
+        while len(images) < len(items):
+            start = len(images)
             try:
-                images.extend(self._call(pipe, plan, batch, progress))
+                images.extend(self._call(pipe, items[start : start + chunk], start, on_step))
             except Exception as exc:
                 if not _is_out_of_memory(exc):
                     raise
                 detail = str(exc)
             else:
-                progress.calls_done += 1
                 continue
             # Handled outside the except block: the traceback pins the failed call's tensors until it is gone.
             self._empty_cache()
@@ -96,6 +94,7 @@ class DiffusersBackend:
                 pipe.vae.enable_slicing()
                 self._tiled = True
             else:
+                plan = batch[0]
                 logger.error("%s: out of memory at one image with a tiled VAE: %s", self.spec.name, detail)
                 raise GenerationError(
                     f"out of memory generating a {plan.width}x{plan.height} image with {self.spec.name} on "
@@ -117,25 +116,42 @@ class DiffusersBackend:
         self._empty_cache()
 
     def _call(
-        self, pipe: DiffusionPipeline, plan: GenerationPlan, seeds: list[int], progress: _Progress
+        self,
+        pipe: DiffusionPipeline,
+        items: list[tuple[GenerationPlan, int]],
+        first: int,
+        on_step: StepCallback | None,
     ) -> list[Image.Image]:
-        kwargs = self.adapter.call_kwargs(plan, len(seeds))
+        plans = [plan for plan, _ in items]
+        width, height = plans[0].width, plans[0].height
+        indexes = range(first, first + len(items))
+
+        def callback(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                # num_timesteps, not plan.steps: some schedulers (PNDM) take one step more than asked.
+                on_step(StepProgress(step + 1, pipe.num_timesteps, indexes, self._preview_unavailable))
+            return tensors
+
         with torch.inference_mode():
             output = pipe(
-                **kwargs,
-                generator=self._generators(seeds),
+                **self.adapter.call_kwargs(plans),
+                generator=self._generators([seed for _, seed in items]),
                 output_type="pil",
-                callback_on_step_end=progress.callback,
+                callback_on_step_end=callback,
             )
         images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
         for image in images:
-            if image.size != (plan.width, plan.height):
+            if image.size != (width, height):
                 raise GenerationError(
-                    f"{self.spec.name} produced {image.width}x{image.height} for a {plan.width}x{plan.height} "
+                    f"{self.spec.name} produced {image.width}x{image.height} for a {width}x{height} "
                     f"request; the model's limits.multiple_of in models.toml is too small",
                     code="invalid_size",
                 )
         return images
+
+    @staticmethod
+    def _preview_unavailable() -> list[Image.Image]:
+        raise NotImplementedError("previews are not implemented yet")
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # One generator per image, so image i depends on seeds[i] only, whatever the batch. CUDA generators live
@@ -154,22 +170,6 @@ class DiffusersBackend:
             torch.cuda.empty_cache()
         elif self.device.kind == "mps":
             torch.mps.empty_cache()
-
-
-@dataclass
-class _Progress:
-    """Turns per-call step callbacks into one count over the whole job."""
-
-    on_step: StepCallback | None
-    calls_done: int = 0
-    calls_total: int = 1
-
-    def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.on_step is not None:
-            # num_timesteps, not plan.steps: some schedulers (PNDM) take one step more than asked.
-            per_call = pipe.num_timesteps
-            self.on_step(self.calls_done * per_call + step + 1, self.calls_total * per_call)
-        return kwargs
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -6,6 +6,7 @@ there; `DiffusersBackend` is the same for every family.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -20,19 +21,24 @@ class FamilyAdapter:
 
     family: ClassVar[str]
     pipeline_class: ClassVar[type[DiffusionPipeline]]
+    takes_max_sequence_length: ClassVar[bool] = False  # T5-based families cap their prompt
 
-    def call_kwargs(self, plan: GenerationPlan, num_images: int) -> dict[str, Any]:
-        """The pipeline `__call__` arguments for `num_images` images of `plan` (the backend adds generators)."""
+    def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
+        """The pipeline `__call__` arguments for one image per entry of `plans` (a plan appears once per image it
+        contributes; all share one `batch_key`). The backend adds the generators."""
+        first = plans[0]
         kwargs: dict[str, Any] = {
-            "prompt": plan.prompt,
-            "height": plan.height,
-            "width": plan.width,
-            "num_inference_steps": plan.steps,
-            "guidance_scale": plan.guidance_scale,
-            "num_images_per_prompt": num_images,
+            "prompt": [plan.prompt for plan in plans],
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "num_images_per_prompt": 1,
         }
-        if plan.negative_prompt:
-            kwargs["negative_prompt"] = plan.negative_prompt
+        if first.negative_prompt is not None:
+            kwargs["negative_prompt"] = [plan.negative_prompt or "" for plan in plans]
+        if first.max_sequence_length is not None and self.takes_max_sequence_length:
+            kwargs["max_sequence_length"] = first.max_sequence_length
         return kwargs
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:

@@ -11,6 +11,7 @@ Tokens are counted with the T5 tokenizer (`tokenizer_2`): CLIP only sees the fir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from diffusers import DiffusionPipeline, FluxPipeline
@@ -30,13 +31,12 @@ TRUE_CFG_SCALE = 4.0
 class FluxAdapter(FamilyAdapter):
     family: ClassVar[str] = "flux"
     pipeline_class: ClassVar[type[DiffusionPipeline]] = FluxPipeline
+    takes_max_sequence_length: ClassVar[bool] = True
 
-    def call_kwargs(self, plan: GenerationPlan, num_images: int) -> dict[str, Any]:
-        kwargs = super().call_kwargs(plan, num_images)
-        if plan.negative_prompt:
+    def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
+        kwargs = super().call_kwargs(plans)
+        if "negative_prompt" in kwargs:
             kwargs["true_cfg_scale"] = TRUE_CFG_SCALE
-        if plan.max_sequence_length is not None:
-            kwargs["max_sequence_length"] = plan.max_sequence_length
         return kwargs
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:

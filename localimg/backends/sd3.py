@@ -7,7 +7,7 @@ default 256).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
 
@@ -16,18 +16,11 @@ from localimg.backends.families import FamilyAdapter
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from localimg.backends.base import GenerationPlan
-
 
 class SD3Adapter(FamilyAdapter):
     family: ClassVar[str] = "sd3"
     pipeline_class: ClassVar[type[DiffusionPipeline]] = StableDiffusion3Pipeline
-
-    def call_kwargs(self, plan: GenerationPlan, num_images: int) -> dict[str, Any]:
-        kwargs = super().call_kwargs(plan, num_images)
-        if plan.max_sequence_length is not None:
-            kwargs["max_sequence_length"] = plan.max_sequence_length
-        return kwargs
+    takes_max_sequence_length: ClassVar[bool] = True
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         if getattr(pipe, "tokenizer_3", None) is not None and getattr(pipe, "text_encoder_3", None) is not None:

@@ -21,7 +21,7 @@ from localimg.errors import GenerationCancelled, ModelUnavailableError, Overload
 if TYPE_CHECKING:
     from PIL import Image
 
-    from localimg.backends.base import GenerationPlan, ImageBackend, StepCallback
+    from localimg.backends.base import GenerationPlan, ImageBackend, StepCallback, StepProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,11 +68,11 @@ class Engine:
         """Run `plan`. If the awaiting task is cancelled (client gone), the job stops at its next step."""
         cancelled = threading.Event()
 
-        def step(done: int, total: int) -> None:
+        def step(progress: StepProgress) -> None:
             if cancelled.is_set():
                 raise GenerationCancelled("The request was cancelled.", code="cancelled")
             if on_step is not None:
-                on_step(done, total)
+                on_step(progress)
 
         try:
             return await self._submit(lambda: self._run(plan, step))
@@ -119,5 +119,5 @@ class Engine:
         started = time.perf_counter()
         # Counted here, on the worker: fast tokenizers are not safe to share across threads.
         tokens = backend.count_tokens(plan.prompt)
-        images = backend.generate(plan, step)
+        images = backend.generate([plan], step)
         return GenerationResult(images=images, prompt_tokens=tokens, seconds=time.perf_counter() - started)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from localimg.backends.base import GenerationPlan
+from localimg.backends.base import GenerationPlan, StepProgress
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
 from localimg.errors import GenerationError, ModelUnavailableError
@@ -59,7 +59,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 @pytest.mark.parametrize(("width", "height", "seeds"), [(256, 256, (7,)), (512, 384, (1, 2, 3))])
 def test_size_and_count(backend: DiffusersBackend, width: int, height: int, seeds: tuple[int, ...]):
-    images = backend.generate(plan_for(backend, seeds, width, height))
+    images = backend.generate([plan_for(backend, seeds, width, height)])
     assert len(images) == len(seeds)
     for image in images:
         assert image.mode == "RGB"
@@ -67,32 +67,43 @@ def test_size_and_count(backend: DiffusersBackend, width: int, height: int, seed
 
 
 def test_same_seed_same_pixels_other_seed_differs(backend: DiffusersBackend):
-    first, other = backend.generate(plan_for(backend, (42, 43)))
-    (again,) = backend.generate(plan_for(backend, (42,)))
-    (again_alone,) = backend.generate(plan_for(backend, (42,)))
+    first, other = backend.generate([plan_for(backend, (42, 43))])
+    (again,) = backend.generate([plan_for(backend, (42,))])
+    (again_alone,) = backend.generate([plan_for(backend, (42,))])
     assert np.array_equal(pixels(again), pixels(again_alone))
     assert not np.array_equal(pixels(first), pixels(other))
 
 
 def test_image_i_is_reproducible_whatever_n(backend: DiffusersBackend):
     seeds = (11, 12, 13)
-    batch = backend.generate(plan_for(backend, seeds))  # runs as [11, 12] + [13]
+    batch = backend.generate([plan_for(backend, seeds)])  # runs as [11, 12] + [13]
     for seed, image in zip(seeds, batch, strict=True):
-        (alone,) = backend.generate(plan_for(backend, (seed,)))
+        (alone,) = backend.generate([plan_for(backend, (seed,))])
         # Batched kernels may round differently from single ones: allow one level out of 255.
         assert np.abs(pixels(image) - pixels(alone)).max() <= 1, seed
-    (last,) = backend.generate(plan_for(backend, (13,)))
+    (last,) = backend.generate([plan_for(backend, (13,))])
     assert np.array_equal(pixels(batch[2]), pixels(last))  # same batch shape: bit-identical
 
 
 def test_progress_counts_over_all_calls(backend: DiffusersBackend):
-    steps: list[tuple[int, int]] = []
-    backend.generate(plan_for(backend, (1, 2, 3)), on_step=lambda done, total: steps.append((done, total)))
-    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # two calls of two steps
+    steps: list[tuple[int, int, range]] = []
+    backend.generate([plan_for(backend, (1, 2, 3))], on_step=lambda p: steps.append((p.step, p.steps, p.images)))
+    assert steps == [(1, 2, range(0, 2)), (2, 2, range(0, 2)), (1, 2, range(2, 3)), (2, 2, range(2, 3))]
+
+
+def test_plans_with_one_batch_key_share_a_call(backend: DiffusersBackend):
+    red = plan_for(backend, (21,))
+    blue = dataclasses.replace(red, prompt="a blue whale in deep water", seeds=(22, 23))
+    assert red.batch_key == blue.batch_key
+    batch = backend.generate([red, blue])  # [21, 22] + [23] with max_batch 2
+    assert len(batch) == 3
+    alone = [*backend.generate([red]), *backend.generate([blue])]
+    for mixed, own in zip(batch, alone, strict=True):
+        assert np.abs(pixels(mixed) - pixels(own)).max() <= 1
 
 
 def test_negative_prompt(backend: DiffusersBackend):
-    (image,) = backend.generate(plan_for(backend, (5,), negative_prompt="blurry, low quality"))
+    (image,) = backend.generate([plan_for(backend, (5,), negative_prompt="blurry, low quality")])
     assert image.size == (64, 64)
 
 
@@ -103,14 +114,14 @@ class Cancelled(Exception):
 def test_raising_on_step_aborts_and_propagates(backend: DiffusersBackend):
     calls: list[int] = []
 
-    def cancel(done: int, total: int) -> None:
-        calls.append(done)
+    def cancel(progress: StepProgress) -> None:
+        calls.append(progress.step)
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        backend.generate(plan_for(backend, (1, 2, 3)), on_step=cancel)
+        backend.generate([plan_for(backend, (1, 2, 3))], on_step=cancel)
     assert calls == [1]
-    assert len(backend.generate(plan_for(backend, (1,)))) == 1  # still usable
+    assert len(backend.generate([plan_for(backend, (1,))])) == 1  # still usable
 
 
 def test_count_tokens(backend: DiffusersBackend):
@@ -152,11 +163,12 @@ def sd15_oom(
     limit = [1]
     sizes: list[int] = []
 
-    def pipeline_call(self, pipe, plan, seeds, progress):
-        sizes.append(len(seeds))
-        if len(seeds) > limit[0]:
+    def pipeline_call(self, pipe, items, first, on_step):
+        sizes.append(len(items))
+        if len(items) > limit[0]:
             raise request.param
-        return [Image.new("RGB", (plan.width, plan.height))] * len(seeds)
+        plan = items[0][0]
+        return [Image.new("RGB", (plan.width, plan.height))] * len(items)
 
     monkeypatch.setattr(DiffusersBackend, "_call", pipeline_call)
     backend.sizes = sizes  # type: ignore[attr-defined]
@@ -165,7 +177,7 @@ def sd15_oom(
 
 def test_out_of_memory_halves_the_batch(sd15_oom):
     backend, limit = sd15_oom
-    images = backend.generate(plan_for(backend, (1, 2, 3, 4, 5)))
+    images = backend.generate([plan_for(backend, (1, 2, 3, 4, 5))])
     assert len(images) == 5
     assert backend.sizes == [4, 2, 1, 1, 1, 1, 1]
 
@@ -174,7 +186,7 @@ def test_out_of_memory_at_one_image_tiles_the_vae_then_gives_up(sd15_oom):
     backend, limit = sd15_oom
     limit[0] = 0
     with pytest.raises(GenerationError) as info:
-        backend.generate(plan_for(backend, (1, 2)))
+        backend.generate([plan_for(backend, (1, 2))])
     assert info.value.code == "out_of_memory"
     assert backend.sizes == [2, 1, 1]
     assert backend._pipe.vae.use_tiling and backend._pipe.vae.use_slicing

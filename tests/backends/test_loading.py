@@ -79,7 +79,7 @@ def generates(spec: ModelSpec) -> None:
     plan = GenerationPlan(
         model=spec.name, prompt="a red fox", width=64, height=64, steps=1, guidance_scale=2.0, seeds=(0,)
     )
-    (image,) = backend.generate(plan)
+    (image,) = backend.generate([plan])
     assert image.size == (64, 64)
 
 
