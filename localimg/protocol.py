@@ -46,6 +46,50 @@ class ImageGenerateRequest(_Request):
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
 
 
+class _FormRequest(BaseModel):
+    """Multipart requests: every value arrives as a string, so numbers and booleans are parsed from text
+    (`"2"` -> 2, `"true"` -> True); unknown keys are still rejected by name."""
+
+    model_config = ConfigDict(strict=False, extra="forbid")
+
+
+class ImageEditRequest(_FormRequest):
+    """The text fields of `POST /v1/images/edits` (the files travel beside them), plus localimg's extensions."""
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int | None = Field(default=None, ge=1, le=10)
+    quality: str | None = None
+    size: str | None = None
+    response_format: ResponseFormat | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Background | None = None
+    input_fidelity: Literal["high", "low"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    user: str | None = None
+    safety_identifier: str | None = None
+    # Extensions, as for generations; `strength` overrides what input_fidelity implies.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class ImageVariationRequest(_FormRequest):
+    """The text fields of `POST /v1/images/variations` (dall-e-2's legacy endpoint), plus `seed`."""
+
+    model: str | None = None
+    n: int | None = Field(default=None, ge=1, le=10)
+    size: str | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
 class ImageData(BaseModel):
     b64_json: str | None = None
     url: str | None = None

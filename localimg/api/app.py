@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localimg import __version__
-from localimg.api import health, images, models
+from localimg.api import edits, health, images, models
 from localimg.api.errors import install_error_handlers
 from localimg.config import Settings
 from localimg.service.images import ImageService
@@ -38,7 +38,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
     app.state.service = service
     app.state.ready = False
     install_error_handlers(app)
-    for router in (images.router, models.router):
+    for router in (images.router, edits.router, models.router):
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)
     app.include_router(health.router)

@@ -7,21 +7,29 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from localimg.imaging.alpha import KeyColourMatting
 from localimg.imaging.encoding import MIME_TYPES, encode_image
+from localimg.imaging.inputs import InputLimits, decode_image
+from localimg.imaging.masks import keep_outside
 from localimg.protocol import (
     ImageData,
+    ImageEditRequest,
     ImageGenerateRequest,
     ImagesResponse,
+    ImageVariationRequest,
     InputTokensDetails,
     ModelCard,
     ModelList,
     OutputTokensDetails,
     Usage,
 )
-from localimg.service.planning import SEED_MODULUS, ImageJob, OutputOptions, image_tokens, plan_generation
+from localimg.service.edit_planning import InputImage, plan_edit, plan_variation
+from localimg.service.planning import SEED_MODULUS, ImageJob, image_tokens, plan_generation
+from localimg.service.transparency import TransparencyStage
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,32 +48,62 @@ class ImageService:
         engine: Engine,
         store: ImageStore,
         *,
+        transparency: TransparencyStage | None = None,
+        input_limits: InputLimits | None = None,
         random_seed: Callable[[], int] = lambda: secrets.randbelow(SEED_MODULUS),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.engine = engine
         self.store = store
+        self.transparency = transparency or TransparencyStage(KeyColourMatting())
+        self.input_limits = input_limits or InputLimits()
         self._random_seed = random_seed
         self._clock = clock
         self.started_at = int(clock())
 
     async def generate(self, request: ImageGenerateRequest, url_base: str) -> ImagesResponse:
         """Serve one generations request. `url_base` is where `GET {url_base}/{id}` serves stored images."""
-        job = plan_generation(request, self.registry, self._random_seed)
+        return await self._respond(plan_generation(request, self.registry, self._random_seed), url_base)
+
+    async def edit(
+        self, request: ImageEditRequest, images: Sequence[Upload], mask: Upload | None, url_base: str
+    ) -> ImagesResponse:
+        """Serve one edits request: `images` are the uploaded files in order (`image` or `image[]`)."""
+        decoded = await asyncio.to_thread(_decode_all, [*images, *([mask] if mask else [])], self.input_limits)
+        inputs, mask_input = (decoded[:-1], decoded[-1]) if mask else (decoded, None)
+        job = plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
+        return await self._respond(job, url_base)
+
+    async def variation(self, request: ImageVariationRequest, image: Upload, url_base: str) -> ImagesResponse:
+        (decoded,) = await asyncio.to_thread(_decode_all, [image], self.input_limits)
+        return await self._respond(plan_variation(request, decoded, self.registry, self._random_seed), url_base)
+
+    async def _respond(self, job: ImageJob, url_base: str) -> ImagesResponse:
+        job = self.transparency.prepare(job)
         plan = job.plan
         log.info(
-            "generate model=%s size=%s quality=%s steps=%d n=%d seeds=%s",
-            plan.model, job.size, job.quality, plan.steps, plan.n, plan.seeds,
+            "%s model=%s size=%s quality=%s steps=%d n=%d seeds=%s background=%s",
+            "edit" if plan.edit else "generate", plan.model, job.size, job.quality, plan.steps, plan.n, plan.seeds,
+            job.output.background,
         )  # fmt: skip
         result = await self.engine.generate(plan)
-        # Encoding a large PNG takes tens of milliseconds: keep it off the event loop.
-        files = await asyncio.to_thread(_encode_all, result.images, job.output)
+        # Compositing, matting and encoding a large PNG take tens of milliseconds: keep them off the event loop.
+        files = await asyncio.to_thread(self.finish_and_encode, job, result.images)
         return ImagesResponse(
             created=int(self._clock()),
             data=[self._image_data(data, job, url_base) for data in files],
             **self._gpt_image_fields(job, result.prompt_tokens),
         )
+
+    def finish_and_encode(self, job: ImageJob, images: Sequence[Image.Image]) -> list[bytes]:
+        """The job's final files: kept region copied back, background matted, encoded as asked."""
+        return [encode_image(self.finish(job, image), job.output.format, job.output.compression) for image in images]
+
+    def finish(self, job: ImageJob, image: Image.Image) -> Image.Image:
+        if job.keep is not None:
+            image = keep_outside(job.keep.original, image, job.keep.region)
+        return self.transparency.finish(job, image)
 
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(model_id) for model_id in self.registry.public_ids()])
@@ -90,12 +128,13 @@ class ImageService:
         if job.api_style != "gpt-image":
             return {}
         output_tokens = image_tokens(job.size) * job.plan.n
+        input_tokens = prompt_tokens + job.input_image_tokens
         usage = Usage(
-            input_tokens=prompt_tokens,
-            input_tokens_details=InputTokensDetails(text_tokens=prompt_tokens, image_tokens=0),
+            input_tokens=input_tokens,
+            input_tokens_details=InputTokensDetails(text_tokens=prompt_tokens, image_tokens=job.input_image_tokens),
             output_tokens=output_tokens,
             output_tokens_details=OutputTokensDetails(text_tokens=0, image_tokens=output_tokens),
-            total_tokens=prompt_tokens + output_tokens,
+            total_tokens=input_tokens + output_tokens,
         )
         return {
             "background": job.output.background,
@@ -107,5 +146,13 @@ class ImageService:
         }
 
 
-def _encode_all(images: list[Image.Image], output: OutputOptions) -> list[bytes]:
-    return [encode_image(image, output.format, output.compression) for image in images]
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file, undecoded, and the parameter it came in (`image`, `image[1]`, `mask`)."""
+
+    param: str
+    data: bytes
+
+
+def _decode_all(uploads: Sequence[Upload], limits: InputLimits) -> list[InputImage]:
+    return [InputImage(u.param, decode_image(u.data, param=u.param, limits=limits)) for u in uploads]

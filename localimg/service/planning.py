@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from localimg.backends.base import GenerationPlan
 from localimg.errors import InvalidRequestError
+from localimg.imaging.alpha import asks_for_transparency
 from localimg.protocol import ImageGenerateRequest, OutputFormat, ResponseFormat
 from localimg.registry import ImageSize, ModelSpec, Registry
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ApiStyle = Literal["gpt-image", "dall-e-2", "dall-e-3"]
 
@@ -46,6 +50,14 @@ class OutputOptions:
     background: Literal["opaque", "transparent"]
 
 
+@dataclass(frozen=True, eq=False)
+class KeepRegion:
+    """After a masked edit, pixels where `region` is 0 are copied back from `original` (both at the output size)."""
+
+    original: Image.Image  # the first input image, in its own mode (RGBA when it has alpha)
+    region: Image.Image  # "L": 255 = edited, 0 = kept
+
+
 @dataclass(frozen=True)
 class ImageJob:
     """A generation request with everything resolved: what to run, and how to answer."""
@@ -58,6 +70,8 @@ class ImageJob:
     output: OutputOptions
     response_format: ResponseFormat
     safety_identifier: str | None
+    keep: KeepRegion | None = None  # masked edits only
+    input_image_tokens: int = 0  # edits: the input images, counted like output images
 
 
 def plan_generation(request: ImageGenerateRequest, registry: Registry, random_seed: Callable[[], int]) -> ImageJob:
@@ -76,7 +90,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
         )
     size = resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
-    output = resolve_output(request.output_format, request.output_compression, request.background)
+    output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
     preset = spec.quality[quality]
     plan = GenerationPlan(
         model=spec.name,
@@ -207,8 +221,10 @@ def resolve_quality(text: str | None, style: ApiStyle, spec: ModelSpec) -> str:
 
 
 def resolve_output(
-    output_format: OutputFormat | None, compression: int | None, background: str | None
+    output_format: OutputFormat | None, compression: int | None, background: str | None, prompt: str = ""
 ) -> OutputOptions:
+    """Format, compression and background. `background="auto"` is transparent only when the prompt asks for it
+    (imaging.alpha.asks_for_transparency) and the format can carry alpha; otherwise opaque."""
     fmt: OutputFormat = output_format or "png"
     if fmt == "png" and compression is not None and compression < 100:
         raise InvalidRequestError(
@@ -216,19 +232,20 @@ def resolve_output(
             param="output_compression",
             code="invalid_png_output_compression",
         )
-    if background == "transparent":
-        if fmt == "jpeg":
-            raise InvalidRequestError(
-                "Transparent background requires output_format to be png or webp.",
-                param="background",
-                code="invalid_value",
-            )
+    if background == "transparent" and fmt == "jpeg":
         raise InvalidRequestError(
-            "background='transparent' is not supported by this server yet; use 'opaque' or 'auto'.",
+            "Transparent background requires output_format to be png or webp.",
             param="background",
             code="invalid_value",
         )
-    return OutputOptions(format=fmt, compression=100 if compression is None else compression, background="opaque")
+    transparent = background == "transparent" or (
+        background == "auto" and fmt != "jpeg" and asks_for_transparency(prompt)
+    )
+    return OutputOptions(
+        format=fmt,
+        compression=100 if compression is None else compression,
+        background="transparent" if transparent else "opaque",
+    )
 
 
 def draw_seeds(seed: int | None, n: int, random_seed: Callable[[], int]) -> tuple[int, ...]:

@@ -162,9 +162,18 @@ def test_png_with_compression_rejected():
 def test_transparent_background():
     err = rejects("background", "invalid_value", background="transparent", output_format="jpeg")
     assert "png or webp" in err.message
-    rejects("background", "invalid_value", background="transparent", output_format="png")
+    assert plan(background="transparent", output_format="png").output.background == "transparent"
+    assert plan(background="transparent", output_format="webp").output.background == "transparent"
     assert plan(background="auto").output.background == "opaque"
     assert plan(background="opaque").output.background == "opaque"
+
+
+def test_background_auto_follows_the_prompt():
+    prompt = "a fox logo on a transparent background"
+    assert plan(background="auto", prompt=prompt).output.background == "transparent"
+    assert plan(prompt=prompt).output.background == "opaque"  # omitted is opaque, as before
+    assert plan(background="opaque", prompt=prompt).output.background == "opaque"
+    assert plan(background="auto", prompt=prompt, output_format="jpeg").output.background == "opaque"
 
 
 def test_extensions_override_presets():

@@ -1,0 +1,219 @@
+"""Edits and variations as pure functions: a validated form + decoded images -> an `ImageJob`.
+
+The rules shared with generations (model, prompt, size, quality, output format, seeds) come from planning.py;
+this module adds what only image inputs have:
+
+- **Masks** (OpenAI's semantics): fully transparent pixels (alpha = 0) of `mask` mark the region to edit; the
+  mask applies to the first image and must have its size. Without a mask, a first image with fully transparent
+  pixels uses its own alpha as the mask. A masked edit runs the family's inpainting path, and every pixel
+  outside the region is copied back from the original afterwards (`ImageJob.keep`).
+- **`size="auto"`** (or omitted) follows the first image: its own size when the model allows it, otherwise
+  scaled into the model's limits with the same aspect ratio, sides rounded to the model's multiple.
+- **`input_fidelity`** picks how far the result may move from the first image (diffusers' `strength`):
+
+  | input_fidelity | without mask (image-to-image) | inside a mask (inpainting) |
+  |---|---|---|
+  | `low` (default) | 0.75 | 1.0 (the region is repainted from noise) |
+  | `high` | 0.45 | 0.85 |
+
+  The `strength` extension overrides it. The denoising step count is the quality preset's, whatever the strength.
+- **Several images**: images after the first are references, accepted only by models whose `max_input_images`
+  in models.toml allows them; otherwise a 400 says how many the model takes (never silently dropped).
+- **Variations** (dall-e-2's legacy endpoint): image-to-image of the (centre-cropped, square) image with an empty
+  prompt at strength 0.7, answered in dall-e-2's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps
+
+from localimg.backends.base import EditInputs, GenerationPlan
+from localimg.errors import InvalidRequestError
+from localimg.imaging.masks import edit_region_from_alpha, edit_region_from_mask, resize_region
+from localimg.registry import ImageSize, ModelSpec
+from localimg.service.planning import (
+    ImageJob,
+    KeepRegion,
+    api_style,
+    check_prompt,
+    draw_seeds,
+    image_tokens,
+    resolve_model,
+    resolve_output,
+    resolve_quality,
+    resolve_size,
+)
+
+if TYPE_CHECKING:
+    from localimg.protocol import ImageEditRequest, ImageVariationRequest
+    from localimg.registry import Registry
+
+MAX_INPUT_IMAGES = 16  # OpenAI's limit for gpt-image edits
+STRENGTH = {("low", False): 0.75, ("high", False): 0.45, ("low", True): 1.0, ("high", True): 0.85}
+VARIATION_STRENGTH = 0.7
+# Flattening colour for input pixels that are partly transparent: the model sees RGB only.
+FLATTEN_ON = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """A decoded upload and the parameter it came in (`image`, `image[1]`, ...), for error messages."""
+
+    param: str
+    image: Image.Image
+
+
+def plan_edit(
+    request: ImageEditRequest,
+    images: Sequence[InputImage],
+    mask: InputImage | None,
+    registry: Registry,
+    random_seed: Callable[[], int],
+) -> ImageJob:
+    """Resolve an edits request. Raises InvalidRequestError naming the offending parameter."""
+    requested_model = request.model or registry.default_model
+    spec = resolve_model(requested_model, registry)
+    style = api_style(requested_model)
+    if style == "dall-e-3":
+        raise InvalidRequestError(
+            "Image edits are not supported by dall-e-3; use dall-e-2 or a gpt-image model.",
+            param="model",
+            code="invalid_value",
+        )
+    check_prompt(request.prompt, style)
+    if style == "dall-e-2" and request.input_fidelity is not None:
+        raise InvalidRequestError(
+            "Unknown parameter: 'input_fidelity'.", param="input_fidelity", code="unknown_parameter"
+        )
+    if style == "gpt-image" and request.response_format is not None:
+        raise InvalidRequestError(
+            "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
+        )
+    _check_image_count(images, spec)
+    first = images[0].image
+    region = (
+        edit_region_from_mask(mask.image, first.size, param=mask.param)
+        if mask is not None
+        else edit_region_from_alpha(first)
+    )
+    size = size_for_input(first.size, spec) if request.size in (None, "auto") and style == "gpt-image" else None
+    size = size or resolve_size(request.size, style, spec)
+    quality = resolve_quality(request.quality, style, spec)
+    output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
+    preset = spec.quality[quality]
+    strength = request.strength or STRENGTH[(request.input_fidelity or "low", region is not None)]
+    original = _at_size(first, size)
+    region_at_size = None if region is None else resize_region(region, (size.width, size.height))
+    plan = GenerationPlan(
+        model=spec.name,
+        prompt=request.prompt,
+        width=size.width,
+        height=size.height,
+        steps=request.num_inference_steps or preset.steps,
+        guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
+        seeds=draw_seeds(request.seed, request.n or 1, random_seed),
+        negative_prompt=request.negative_prompt or None,
+        max_sequence_length=preset.max_sequence_length,
+        edit=EditInputs(
+            images=(_flatten(original), *(_flatten(item.image) for item in images[1:])),
+            mask=region_at_size,
+            strength=strength,
+        ),
+    )
+    return ImageJob(
+        spec=spec,
+        api_style=style,
+        plan=plan,
+        size=size,
+        quality=quality,
+        output=output,
+        response_format=request.response_format or ("url" if style == "dall-e-2" else "b64_json"),
+        safety_identifier=request.safety_identifier or request.user or None,
+        keep=None if region_at_size is None else KeepRegion(original=original, region=region_at_size),
+        input_image_tokens=sum(image_tokens(ImageSize(*item.image.size)) for item in images),
+    )
+
+
+def plan_variation(
+    request: ImageVariationRequest, image: InputImage, registry: Registry, random_seed: Callable[[], int]
+) -> ImageJob:
+    """Resolve a variations request: dall-e-2's sizes and response shape, whatever local model serves it."""
+    requested_model = request.model or "dall-e-2"
+    spec = resolve_model(requested_model, registry)
+    size = resolve_size(request.size or "1024x1024", "dall-e-2", spec)
+    quality = spec.auto_quality
+    preset = spec.quality[quality]
+    square = ImageOps.fit(_flatten(image.image), (size.width, size.height), Image.Resampling.LANCZOS)
+    plan = GenerationPlan(
+        model=spec.name,
+        prompt="",
+        width=size.width,
+        height=size.height,
+        steps=preset.steps,
+        guidance_scale=preset.guidance,
+        seeds=draw_seeds(request.seed, request.n or 1, random_seed),
+        max_sequence_length=preset.max_sequence_length,
+        edit=EditInputs(images=(square,), strength=VARIATION_STRENGTH),
+    )
+    return ImageJob(
+        spec=spec,
+        api_style="dall-e-2",
+        plan=plan,
+        size=size,
+        quality=quality,
+        output=resolve_output(None, None, "opaque"),
+        response_format=request.response_format or "url",
+        safety_identifier=request.user or None,
+        input_image_tokens=image_tokens(ImageSize(*image.image.size)),
+    )
+
+
+def size_for_input(input_size: tuple[int, int], spec: ModelSpec) -> ImageSize:
+    """The output size for `size="auto"`: the input's own size when the model allows it, otherwise the input's
+    aspect ratio scaled into the model's limits, with both sides rounded to the model's multiple."""
+    width, height = input_size
+    limits = spec.limits
+    step = math.lcm(16, limits.multiple_of)
+    scale = min(1.0, math.sqrt(limits.max_pixels / (width * height)), limits.max_side / max(width, height))
+    scale = max(scale, limits.min_side / min(width, height))
+    # Nearest multiple, then down one multiple at a time if rounding pushed a side or the area past a limit.
+    sides = [max(step, round(side * scale / step) * step) for side in (width, height)]
+    while sides[0] * sides[1] > limits.max_pixels or max(sides) > limits.max_side:
+        i = 0 if sides[0] >= sides[1] else 1
+        sides[i] -= step
+    return ImageSize(*sides)
+
+
+def _check_image_count(images: Sequence[InputImage], spec: ModelSpec) -> None:
+    if len(images) > MAX_INPUT_IMAGES:
+        raise InvalidRequestError(
+            f"Too many images: got {len(images)}, at most {MAX_INPUT_IMAGES} are allowed.",
+            param="image",
+            code="too_many_images",
+        )
+    if len(images) > spec.max_input_images:
+        raise InvalidRequestError(
+            f"Model '{spec.name}' takes {spec.max_input_images} input image(s) but {len(images)} were given; "
+            "send one image, or use a model declared with reference images in models.toml.",
+            param="image",
+            code="too_many_images",
+        )
+
+
+def _at_size(image: Image.Image, size: ImageSize) -> Image.Image:
+    if image.size == (size.width, size.height):
+        return image
+    return image.resize((size.width, size.height), Image.Resampling.LANCZOS)
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    canvas = Image.new("RGB", image.size, FLATTEN_ON)
+    canvas.paste(image, mask=image.getchannel("A"))
+    return canvas

@@ -1,0 +1,61 @@
+"""`background="transparent"`: how a job is run so that its images can be matted, and the matting itself.
+
+Two ways, chosen by the matting the server was built with (backends/matting.py `load_matting`):
+
+- **A learned background-removal model** (declared as `[matting]` in models.toml, weights present): the job runs
+  unchanged and the model cuts the subject out of each image.
+- **The built-in key-colour method** (no extra weights): a generation is run as an inpainting of a subject region
+  (a centred ellipse) on a flat key-colour canvas, with the prompt asking for that flat background; everything
+  outside the region stays exactly the key colour, and chroma-keying with soft edges and colour decontamination
+  (imaging/alpha.py) turns the key colour into transparency. Edits keep their inputs, so only the prompt changes:
+  a background the model paints in the key colour is keyed out, and input pixels outside the mask keep their alpha.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageChops
+
+from localimg.backends.base import EditInputs
+from localimg.imaging.alpha import KeyColourMatting, Matting, key_canvas, subject_region, transparency_prompt
+from localimg.service.planning import KeepRegion
+
+if TYPE_CHECKING:
+    from localimg.service.planning import ImageJob
+
+
+class TransparencyStage:
+    def __init__(self, matting: Matting) -> None:
+        self.matting = matting
+
+    @property
+    def keyed(self) -> bool:
+        return isinstance(self.matting, KeyColourMatting)
+
+    def prepare(self, job: ImageJob) -> ImageJob:
+        """The job to run for `job`: itself unless it wants transparency the key-colour way."""
+        if job.output.background != "transparent" or not self.keyed:
+            return job
+        assert isinstance(self.matting, KeyColourMatting)
+        plan = dataclasses.replace(job.plan, prompt=transparency_prompt(job.plan.prompt))
+        if plan.edit is not None:
+            return dataclasses.replace(job, plan=plan)
+        size = (plan.width, plan.height)
+        canvas = key_canvas(size, self.matting.key)
+        region = subject_region(size)
+        plan = dataclasses.replace(plan, edit=EditInputs(images=(canvas,), mask=region, strength=1.0))
+        return dataclasses.replace(job, plan=plan, keep=KeepRegion(original=canvas, region=region))
+
+    def finish(self, job: ImageJob, image: Image.Image) -> Image.Image:
+        """RGBA for transparent jobs, `image` otherwise. `image` already has the kept region copied back."""
+        if job.output.background != "transparent":
+            return image
+        matted = self.matting.matte(image.convert("RGB"))
+        if job.keep is not None and job.keep.original.mode == "RGBA":
+            # Input pixels outside the mask that were transparent stay so: alpha there is at most the input's.
+            opaque = Image.new("L", matted.size, 255)
+            ceiling = Image.composite(opaque, job.keep.original.getchannel("A"), job.keep.region)
+            matted.putalpha(ImageChops.darker(matted.getchannel("A"), ceiling))
+        return matted

@@ -1,0 +1,136 @@
+"""The edit and variation rules of service/edit_planning.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from localimg.errors import InvalidRequestError
+from localimg.protocol import ImageEditRequest, ImageVariationRequest
+from localimg.registry import ImageSize, Registry
+from localimg.service.edit_planning import InputImage, plan_edit, plan_variation, size_for_input
+
+REGISTRY = Registry.from_dict(
+    {
+        "default_model": "flux",
+        "models": {
+            "flux": {
+                "family": "flux",
+                "source": {"path": "/nowhere/flux"},
+                "aliases": ["gpt-image-1", "dall-e-2", "dall-e-3"],
+                "limits": {"min_side": 256, "max_side": 2048, "max_pixels": 2048 * 1536},
+                "quality": {"auto": "medium", "low": {"steps": 4}, "medium": {"steps": 8}, "high": {"steps": 16}},
+            },
+            "sd15": {
+                "family": "sd15",
+                "source": {"path": "/nowhere/sd15"},
+                "limits": {"min_side": 256, "max_side": 1024, "max_pixels": 1024 * 1024, "multiple_of": 8},
+            },
+        },
+    },
+    base_dir=Path("/"),
+)
+FLUX = REGISTRY.resolve("flux")
+SD15 = REGISTRY.resolve("sd15")
+
+
+def image(width: int = 512, height: int = 512, mode: str = "RGB") -> InputImage:
+    return InputImage("image", Image.new(mode, (width, height), (10, 20, 30, 255)[: len(mode)]))
+
+
+def transparent_mask(width: int = 512, height: int = 512) -> InputImage:
+    mask = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, width // 2, height))
+    return InputImage("mask", mask)
+
+
+def edit(images=None, mask=None, **fields):
+    fields.setdefault("prompt", "make it blue")
+    request = ImageEditRequest(**fields)
+    return plan_edit(request, images or [image()], mask, REGISTRY, lambda: 1234)
+
+
+@pytest.mark.parametrize(
+    ("spec", "size", "expected"),
+    [
+        (FLUX, (512, 512), (512, 512)),  # allowed as it is
+        (FLUX, (1536, 1024), (1536, 1024)),
+        (FLUX, (300, 200), (384, 256)),  # scaled up to min_side, aspect kept, multiple of 16
+        (FLUX, (4000, 3000), (2048, 1536)),  # scaled down into max_pixels
+        (FLUX, (1000, 750), (992, 752)),  # nearest multiples of 16
+        (SD15, (2048, 512), (1024, 256)),  # max_side
+    ],
+)
+def test_size_auto_follows_the_input(spec, size, expected):
+    result = size_for_input(size, spec)
+    assert (result.width, result.height) == expected
+    limits = spec.limits
+    assert result.pixels <= limits.max_pixels and max(result.width, result.height) <= limits.max_side
+
+
+def test_edit_defaults():
+    job = edit()
+    assert job.size == ImageSize(512, 512) and job.plan.steps == 8
+    assert job.plan.edit is not None and job.plan.edit.mask is None and job.plan.edit.strength == 0.75
+    assert job.keep is None
+    assert job.input_image_tokens == 32 * 32
+    assert job.response_format == "b64_json"
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "masked", "strength"),
+    [("low", False, 0.75), ("high", False, 0.45), ("low", True, 1.0), ("high", True, 0.85)],
+)
+def test_input_fidelity_sets_strength(fidelity, masked, strength):
+    job = edit(mask=transparent_mask() if masked else None, input_fidelity=fidelity)
+    assert job.plan.edit.strength == strength
+    assert edit(input_fidelity=fidelity, strength=0.3).plan.edit.strength == 0.3
+
+
+def test_mask_becomes_the_region_and_kept_pixels():
+    job = edit(mask=transparent_mask(), size="1024x1024")
+    region = job.plan.edit.mask
+    assert region.mode == "L" and region.size == (1024, 1024)
+    assert region.getpixel((10, 10)) == 255 and region.getpixel((1000, 10)) == 0
+    assert job.keep is not None and job.keep.original.size == (1024, 1024)
+
+
+def test_image_alpha_is_the_mask_without_a_mask():
+    rgba = Image.new("RGBA", (512, 512), (5, 5, 5, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 100, 100))
+    job = edit(images=[InputImage("image", rgba)])
+    assert job.plan.edit.mask is not None and job.plan.edit.mask.getpixel((5, 5)) == 255
+    assert job.plan.edit.strength == 1.0
+    assert job.plan.edit.images[0].mode == "RGB"
+
+
+def test_mask_size_must_match_the_first_image():
+    with pytest.raises(InvalidRequestError) as info:
+        edit(mask=transparent_mask(256, 256))
+    assert info.value.param == "mask"
+
+
+def test_more_images_than_the_model_takes():
+    with pytest.raises(InvalidRequestError) as info:
+        edit(images=[image(), InputImage("image[1]", image().image)])
+    assert (info.value.param, info.value.code) == ("image", "too_many_images")
+
+
+def test_dalle_rules():
+    with pytest.raises(InvalidRequestError) as info:
+        edit(model="dall-e-3")
+    assert info.value.param == "model"
+    with pytest.raises(InvalidRequestError) as info:
+        edit(model="gpt-image-1", response_format="url")
+    assert info.value.code == "unknown_parameter"
+    job = edit(model="dall-e-2", size="256x256")
+    assert job.api_style == "dall-e-2" and job.response_format == "url"
+
+
+def test_variation_is_square_image_to_image():
+    job = plan_variation(ImageVariationRequest(n=2, size="512x512"), image(600, 400), REGISTRY, lambda: 7)
+    assert job.api_style == "dall-e-2" and job.response_format == "url"
+    assert job.plan.seeds == (7, 8) and job.plan.prompt == ""
+    assert job.plan.edit.images[0].size == (512, 512)
