@@ -83,9 +83,9 @@ class KeyColourMatting:
         mixed = on_segment & (alpha > 0)
         share = 1.0 - np.clip(along / length, 0.0, 1.0)
         colour[mixed] = np.clip(rgb[mixed] + share[mixed][:, None] * span[mixed], 0.0, 255.0)
-        colour[alpha <= 0] = 0.0
-        rgba = np.dstack([colour, alpha * 255.0])
-        return Image.fromarray(np.rint(rgba).astype(np.uint8))
+        alpha8 = np.rint(alpha * 255.0)
+        colour[alpha8 == 0] = 0.0
+        return Image.fromarray(np.rint(np.dstack([colour, alpha8])).astype(np.uint8))
 
 
 def key_canvas(size: tuple[int, int], key: RGB = GREEN) -> Image.Image:
