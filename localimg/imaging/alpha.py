@@ -32,7 +32,7 @@ class KeyColourMatting:
 
     1. A ramp on the Euclidean RGB distance d to the key: alpha 0 at d <= `low`, 1 at d >= `high`. `low` = 40
        absorbs the noise and slight shading a generated "flat" background has; `high` = 160 is about a third
-       of the largest possible distance (441): black (255), white and greys (> 210) and skin tones (~260) are
+       of the largest possible distance (441): black (255), white and every grey (>= 208) and skin tones (~260) are
        all opaque, only greenish subject colours (forest green: 125) come out partly transparent. That is the
        inherent limit of keying; the learned matting has no such limit.
     2. Refinement of the edge band (pixels within `edge_radius` of the background, or on the ramp): an

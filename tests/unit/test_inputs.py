@@ -113,6 +113,29 @@ def test_above_our_pixel_limit_but_below_pils():
     assert time.perf_counter() - start < 1.0
 
 
+def webp_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encoded(gradient((32, 32)), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    # VP8L header after the signature byte: 14 bits width - 1, 14 bits height - 1, then alpha and version bits.
+    rest = struct.unpack_from("<I", data, 21)[0] >> 28
+    struct.pack_into("<I", data, 21, (width - 1) | (height - 1) << 14 | rest << 28)
+    return bytes(data)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encoded(gradient((32, 32)), "JPEG"))
+    frame = data.index(b"\xff\xc0")  # baseline start-of-frame: length, precision, height, width
+    struct.pack_into(">HH", data, frame + 5, height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("claiming", [png_claiming, webp_claiming, jpeg_claiming])
+def test_huge_headers_of_every_format_are_refused_before_decoding(claiming):
+    start = time.perf_counter()
+    rejects(claiming(12_000, 12_000), "image_too_large", "12000x12000")
+    assert time.perf_counter() - start < 1.0
+
+
 def test_too_long_a_side():
     rejects(png_claiming(20_000, 100), "image_too_large", "20000x100", "16384 pixels per side")
 
