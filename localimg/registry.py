@@ -22,6 +22,14 @@ File format (every key is documented in README.md):
     high = { steps = 8, guidance = 0.0, max_sequence_length = 512 }
 
 Anything left out comes from the family's defaults below. Relative paths are relative to the file.
+
+An optional top-level table declares the learned background-removal model for `background=transparent`
+(without it, or without its weights, a key-colour matting that needs no weights is used):
+
+    [matting]
+    source = { path = "/models/rmbg-2.0" }            # or { repo = "briaai/RMBG-2.0", revision = "main" }
+    trust_remote_code = false                         # BiRefNet/RMBG ship their own model code: opt in to run it
+    input_size = 1024                                 # the square resolution the model was trained at
 """
 
 from __future__ import annotations
@@ -118,6 +126,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class MattingSpec:
+    """The learned background-removal model (`[matting]`): a transformers AutoModelForImageSegmentation folder.
+
+    `trust_remote_code` must be set explicitly because such models (BiRefNet, RMBG-2.0) ship Python code that
+    transformers would execute on load."""
+
+    source: ModelSource
+    trust_remote_code: bool = False
+    input_size: int = 1024
+
+
+@dataclass(frozen=True)
 class _FamilyDefaults:
     default_size: ImageSize
     limits: SizeLimits
@@ -168,11 +188,18 @@ FAMILY_DEFAULTS: Mapping[Family, _FamilyDefaults] = {
 class Registry:
     """The models a server may serve, looked up by name or alias."""
 
-    def __init__(self, models: Mapping[str, ModelSpec], default_model: str, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelSpec],
+        default_model: str,
+        path: Path | None = None,
+        matting: MattingSpec | None = None,
+    ) -> None:
         self._models = dict(models)
         self._aliases = {alias: spec.name for spec in models.values() for alias in spec.aliases}
         self.default_model = default_model
         self.path = path
+        self.matting = matting
 
     @classmethod
     def load(cls, path: Path) -> Registry:
@@ -189,7 +216,7 @@ class Registry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Registry:
         where = str(path) if path else "models.toml"
-        _reject_unknown(data, {"default_model", "models"}, where, "top level")
+        _reject_unknown(data, {"default_model", "models", "matting"}, where, "top level")
         tables = data.get("models")
         if not isinstance(tables, dict) or not tables:
             raise RegistryError(f"{where}: needs at least one [models.NAME] table")
@@ -200,7 +227,8 @@ class Registry:
             raise RegistryError(
                 f"{where}: default_model = {default_model!r} names no [models.*] table (declared: {', '.join(models)})"
             )
-        return cls(models, default_model, path)
+        matting = _parse_matting(data["matting"], base_dir, where) if "matting" in data else None
+        return cls(models, default_model, path, matting)
 
     def resolve(self, name: str) -> ModelSpec | None:
         """The model a request names (catalogue key or alias), or None."""
@@ -227,7 +255,7 @@ class Registry:
             raise RegistryError(f"unknown model(s) {', '.join(missing)}; declared: {', '.join(self._models)}")
         kept = {name: self._models[name] for name in names}
         default = self.default_model if self.default_model in kept else names[0]
-        return Registry(kept, default, self.path)
+        return Registry(kept, default, self.path, self.matting)
 
 
 def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec:
@@ -308,6 +336,22 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     if not (config.count("/") == 1 and not config.startswith((".", "/")) and not (base_dir / config).exists()):
         config = str(_resolve_path(config, base_dir))
     return ModelSource(file=_resolve_path(value["file"], base_dir), config=config)
+
+
+def _parse_matting(table: Any, base_dir: Path, where: str) -> MattingSpec:
+    ctx = f"{where}: [matting]"
+    if not isinstance(table, dict):
+        raise RegistryError(f"{ctx}: must be a table")
+    _reject_unknown(table, {"source", "trust_remote_code", "input_size"}, where, "[matting]")
+    if "source" not in table:
+        raise RegistryError(f"{ctx}: missing key 'source' (a path or repo table)")
+    source = _parse_source(table["source"], base_dir, ctx)
+    if source.file is not None:
+        raise RegistryError(f"{ctx}: source must be a path or repo (a transformers model folder), not a file")
+    input_size = _typed(table, "input_size", int, 1024, ctx)
+    if not 64 <= input_size <= 4096:
+        raise RegistryError(f"{ctx}: input_size must be an integer in 64..4096")
+    return MattingSpec(source, _typed(table, "trust_remote_code", bool, False, ctx), input_size)
 
 
 def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:

@@ -1,0 +1,154 @@
+"""The learned matting stage: a background-removal model (BiRefNet, RMBG-2.0) declared as `[matting]` in models.toml.
+
+`load_matting` picks the implementation: the learned model when it is declared and its weights are on disk,
+otherwise the built-in `KeyColourMatting`. The model is loaded with transformers'
+`AutoModelForImageSegmentation` from local files only, `.safetensors` weights only, and runs the model's own
+Python code only when the operator set `trust_remote_code = true`. Expected model behaviour (BiRefNet family):
+input a batch of ImageNet-normalised RGB at `input_size`², output a logit map (or a list of them, finest last).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from PIL import Image
+
+from localimg.backends.base import DeviceInfo
+from localimg.errors import ModelUnavailableError
+from localimg.imaging.alpha import KeyColourMatting, Matting
+
+if TYPE_CHECKING:
+    import torch
+
+    from localimg.registry import MattingSpec
+
+logger = logging.getLogger(__name__)
+
+_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, the normalisation BiRefNet and RMBG-2.0 were trained with
+_STD = (0.229, 0.224, 0.225)
+
+
+class LearnedMatting:
+    """Alpha from a learned segmentation model: sigmoid of its logit map, resized to the image."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, input_size: int) -> None:
+        self.model = model
+        self.device = device
+        self.input_size = input_size
+
+    @classmethod
+    def load(cls, spec: MattingSpec, device: DeviceInfo) -> LearnedMatting:
+        """Load the model onto `device`; raises ModelUnavailableError saying what is wrong."""
+        from transformers import AutoModelForImageSegmentation
+
+        from localimg.backends.device import torch_device
+
+        folder = locate_matting_weights(spec)
+        if _ships_code(folder) and not spec.trust_remote_code:
+            raise ModelUnavailableError(
+                f"matting model at {folder} ships its own Python code (config.json auto_map), which transformers "
+                "runs on load; set `trust_remote_code = true` in the [matting] table of models.toml if you trust "
+                "these files, or remove the [matting] table to use the built-in key-colour matting.",
+                code="matting_needs_remote_code",
+            )
+        logger.info("loading matting model from %s (trust_remote_code=%s)", folder, spec.trust_remote_code)
+        try:
+            model = AutoModelForImageSegmentation.from_pretrained(
+                str(folder), trust_remote_code=spec.trust_remote_code, local_files_only=True, use_safetensors=True
+            )
+            target = torch_device(device)
+            model = model.to(target).eval()
+        except Exception as exc:  # any failure means the model cannot be used; keep the cause chained
+            raise ModelUnavailableError(
+                f"matting model at {folder}: loading failed: {type(exc).__name__}: {exc}",
+                code="model_load_failed",
+            ) from exc
+        return cls(model, target, spec.input_size)
+
+    def matte(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        rgb = image.convert("RGB")
+        side = self.input_size
+        pixels = np.asarray(rgb.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        pixels = (pixels - np.asarray(_MEAN, dtype=np.float32)) / np.asarray(_STD, dtype=np.float32)
+        dtype = next(self.model.parameters()).dtype
+        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, dtype)
+        with torch.inference_mode():
+            logits = _logit_map(self.model(batch)).float()
+            probability = torch.nn.functional.interpolate(
+                logits.sigmoid(), size=(rgb.height, rgb.width), mode="bilinear", align_corners=False
+            )[0, 0]
+        alpha = (probability.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(Image.fromarray(alpha))
+        return rgba
+
+
+def load_matting(spec: MattingSpec | None, device: DeviceInfo) -> Matting:
+    """The learned model when `[matting]` is declared and its weights are present, else `KeyColourMatting`.
+
+    Missing weights fall back (logged); weights that are present but fail to load raise ModelUnavailableError,
+    since the operator asked for that model."""
+    if spec is None:
+        logger.info("matting: built-in key-colour matting (no [matting] model declared)")
+        return KeyColourMatting()
+    try:
+        locate_matting_weights(spec)
+    except ModelUnavailableError as exc:
+        logger.warning("matting: built-in key-colour matting; the declared [matting] model is unusable: %s", exc)
+        return KeyColourMatting()
+    matting = LearnedMatting.load(spec, device)
+    logger.info("matting: learned model on %s", matting.device)
+    return matting
+
+
+def locate_matting_weights(spec: MattingSpec) -> Path:
+    """The model folder, if it holds a config and .safetensors weights; raises ModelUnavailableError otherwise."""
+    source = spec.source
+    if source.path is not None:
+        folder = source.path
+    else:
+        assert source.repo is not None
+        try:
+            folder = Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
+        except LocalEntryNotFoundError as exc:
+            raise ModelUnavailableError(
+                f"matting model {source.repo}@{source.revision} is not in the Hugging Face cache; on a connected "
+                f"machine run `hf download {source.repo} --revision {source.revision}` and copy the cache here, "
+                "or point [matting] source.path at a local folder.",
+                code="model_weights_missing",
+            ) from exc
+    if not (folder / "config.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no config.json"
+        raise ModelUnavailableError(f"matting model folder {folder} {what}.", code="model_weights_missing")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelUnavailableError(
+            f"matting model folder {folder} has no .safetensors weights (pickled weights are not loaded).",
+            code="model_weights_missing",
+        )
+    return folder
+
+
+def _ships_code(folder: Path) -> bool:
+    try:
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # from_pretrained reports the broken config with a better message
+    return bool(config.get("auto_map"))
+
+
+def _logit_map(output: Any) -> torch.Tensor:
+    """The (batch, 1, h, w) logit map from a model's output: a tensor, a list of them (finest last), or an
+    output object with `.logits`."""
+    if isinstance(output, (list, tuple)):
+        output = output[-1]
+    if hasattr(output, "logits"):
+        output = output.logits
+    return output if output.ndim == 4 else output[:, None]
