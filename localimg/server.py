@@ -13,6 +13,7 @@ from localimg.registry import Registry
 from localimg.service.engine import Engine
 from localimg.service.image_store import ImageStore
 from localimg.service.images import ImageService
+from localimg.service.transparency import TransparencyStage
 
 log = logging.getLogger("localimg")
 
@@ -26,13 +27,15 @@ def build_app(settings: Settings) -> FastAPI:
     # Imported here so that `localimg --help` and `localimg models` never import torch.
     from localimg.backends.device import resolve_device
     from localimg.backends.diffusers_backend import DiffusersBackend
+    from localimg.backends.matting import load_matting
 
     registry = load_registry(settings)
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     backends = {spec.name: DiffusersBackend(spec, device) for spec in registry}
     engine = Engine(backends, max_queue=settings.max_queue)
-    service = ImageService(registry, engine, ImageStore(ttl_s=settings.url_ttl_s))
+    transparency = TransparencyStage(load_matting(registry.matting, device))
+    service = ImageService(registry, engine, ImageStore(ttl_s=settings.url_ttl_s), transparency=transparency)
     return create_app(settings, service, preload=preload_list(settings.preload, registry))
 
 
