@@ -1,7 +1,8 @@
 """Tiny random-weight diffusers pipelines for tests: real folder layouts, real pipeline classes, no hub.
 
-`build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl`, `tiny-sd3` and `tiny-flux-kontext`
-(FLUX's architecture, declared as a Kontext checkpoint taking up to 3 input images) under `out_dir` as
+`build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl`, `tiny-sd3`, `tiny-flux-kontext` (FLUX's
+architecture, declared as a Kontext checkpoint taking up to 3 input images) and `tiny-flux-fill` (a FLUX.1 Fill
+transformer) under `out_dir` as
 ordinary diffusers folders (safetensors only) plus a `models.toml` registering them, and returns that file's
 path. Every component is built locally from fixed seeds, tokenizers included (trained here on a small
 built-in corpus), so the build needs no network. Shapes follow the real families (8x VAE downsampling,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-2"
+BUILD_VERSION = "tiny-models-3"
 MARKER = ".complete"
 
 OPENAI_ALIASES = (
@@ -115,6 +116,7 @@ _ENTRIES = (
         max_sequence_length=64,
         extra='variant = "kontext"\nmax_input_images = 3\n',
     ),  # fmt: skip
+    _ModelEntry("tiny-flux-fill", "flux", "1024x1024", 16, 30.0, max_sequence_length=64, extra='variant = "fill"\n'),
 )
 MODEL_NAMES = tuple(entry.name for entry in _ENTRIES)
 
@@ -133,6 +135,7 @@ def build_tiny_models(out_dir: Path, *, force: bool = False) -> Path:
         builders: dict[str, Callable[[_Tokenizers], DiffusionPipeline]] = {
             "tiny-flux": _flux_pipeline,
             "tiny-flux-kontext": _flux_kontext_pipeline,
+            "tiny-flux-fill": _flux_fill_pipeline,
             "tiny-sd15": _sd15_pipeline,
             "tiny-sdxl": _sdxl_pipeline,
             "tiny-sd3": _sd3_pipeline,
@@ -452,13 +455,23 @@ def _flux_kontext_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
     return FluxKontextPipeline(**_flux_components(tok, seed=50))
 
 
-def _flux_components(tok: _Tokenizers, seed: int) -> dict[str, Any]:
+def _flux_fill_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import FluxFillPipeline
+
+    # FLUX.1 Fill's transformer also reads the packed masked-image latents (64) and the packed 8x8 mask (256).
+    return FluxFillPipeline(**_flux_components(tok, seed=60, in_channels=16 * 4 + 16 * 4 + 64 * 4, out_channels=16 * 4))
+
+
+def _flux_components(
+    tok: _Tokenizers, seed: int, in_channels: int = 16 * 4, out_channels: int | None = None
+) -> dict[str, Any]:
     from diffusers import FluxTransformer2DModel
 
     _seeded(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16 * 4,  # the pipeline packs 2x2 patches of the 16-channel latent itself
+        in_channels=in_channels,  # the pipeline packs 2x2 patches of the 16-channel latent itself
+        out_channels=out_channels,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,

@@ -218,3 +218,33 @@ def test_kontext_generates_without_an_edit(kontext: DiffusersBackend):
     )  # fmt: skip
     (image,) = kontext.generate([plan])
     assert image.size == (SIZE, SIZE)
+
+
+# --- FLUX.1 Fill -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fill(registry: Registry) -> Iterator[DiffusersBackend]:
+    backend = make_backend(registry, "tiny-flux-fill")
+    yield backend
+    backend.unload()
+
+
+@pytest.mark.parametrize(
+    ("mask", "strength"), [(None, None), (None, 0.6), (square_mask(), 0.6), (square_mask(), 1.0)], ids=str
+)
+def test_fill_runs_every_job(fill: DiffusersBackend, mask: Image.Image | None, strength: float | None):
+    edit = None if strength is None else EditInputs((picture(0),), mask=mask, strength=strength)
+    seen: list[int] = []
+    images = fill.generate(
+        [dataclasses.replace(plan_for(fill, EditInputs((picture(0),))), edit=edit, seeds=(1, 2, 3))],
+        on_step=lambda p: seen.append(p.steps),
+    )
+    assert [image.size for image in images] == [(SIZE, SIZE)] * 3 and seen == [2] * 4
+    assert [type(pipe).__name__ for pipe in fill._derived.values()] == ["FluxFillPipeline"]
+
+
+def test_fill_result_depends_on_the_input(fill: DiffusersBackend):
+    (first,) = fill.generate([plan_for(fill, EditInputs((picture(0),), mask=square_mask(), strength=1.0))])
+    (other,) = fill.generate([plan_for(fill, EditInputs((picture(1),), mask=square_mask(), strength=1.0))])
+    assert not np.array_equal(pixels(first), pixels(other))
