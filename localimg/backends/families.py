@@ -6,8 +6,9 @@ there; `DiffusersBackend` is the same for every family.
 Edits run the family's image-to-image pipeline (no mask) or inpainting pipeline (a mask), built from the loaded
 pipeline with `from_pipe`, so they share its weights. Those pipelines denoise only the last `strength` part of
 the schedule: they take `num_inference_steps` and run about `num_inference_steps * strength` of them. We pass
-the smallest schedule length that makes the steps actually run equal the plan's `steps` (`schedule_length`), so
-a quality preset costs the same for an edit as for a generation; a very low strength runs fewer steps, never 0.
+the schedule length nearest `steps / strength` whose call runs exactly the plan's `steps` (`schedule_length`),
+so a quality preset costs the same for an edit as for a generation; a strength so low that even a 1000-step
+schedule runs fewer steps runs those (at least one, never 0: strength is clamped to >= 1/1000).
 """
 
 from __future__ import annotations
