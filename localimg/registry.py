@@ -15,6 +15,8 @@ File format (every key is documented in README.md):
     allow_pickle = false                              # .bin/.ckpt weights refused unless true
     dtype = { cuda = "bfloat16", mps = "float16", cpu = "float32" }   # optional overrides
     limits = { min_side = 256, max_side = 2048, max_pixels = 4194304, multiple_of = 16 }
+    variant = "base"                                  # flux: "kontext" (FLUX.1 Kontext) or "fill" (FLUX.1 Fill)
+    max_input_images = 1                              # > 1 only for variants taking references (kontext)
     [models.flux-schnell.quality]
     auto = "medium"
     low = { steps = 2, guidance = 0.0 }
@@ -53,6 +55,16 @@ FAMILIES: tuple[Family, ...] = ("flux", "sd15", "sdxl", "sd3")
 QUALITY_LEVELS = ("low", "medium", "high")
 DEVICE_KINDS = ("cuda", "mps", "cpu")
 DTYPES = ("float32", "float16", "bfloat16")
+# Checkpoint variants a family's adapter knows, beyond the family's base model (see backends/flux.py).
+VARIANTS: Mapping[Family, tuple[str, ...]] = {
+    "flux": ("base", "kontext", "fill"),
+    "sd15": ("base",),
+    "sdxl": ("base",),
+    "sd3": ("base",),
+}
+# Variants that condition on reference images, so may take more than one input image per edit.
+REFERENCE_VARIANTS = frozenset({"kontext"})
+MAX_INPUT_IMAGES = 16  # OpenAI's limit for `image[]` on /v1/images/edits
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -123,6 +135,8 @@ class ModelSpec:
     max_batch: int = 4
     allow_pickle: bool = False
     dtype: Mapping[str, str] = field(default_factory=dict)
+    variant: str = "base"  # which checkpoint of the family: "base", or for flux "kontext" / "fill"
+    max_input_images: int = 1  # images an edit may send (the first is edited, the rest are references)
 
 
 @dataclass(frozen=True)
@@ -266,7 +280,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         raise RegistryError(f"{ctx}: must be a table")
     allowed = {
         "family", "source", "aliases", "description", "default_size", "limits", "quality",
-        "max_batch", "allow_pickle", "dtype",
+        "max_batch", "allow_pickle", "dtype", "variant", "max_input_images",
     }  # fmt: skip
     _reject_unknown(table, allowed, where, f"[models.{name}]")
     family = table.get("family")
@@ -295,6 +309,17 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
     max_batch = _typed(table, "max_batch", int, 4, ctx)
     if max_batch < 1:
         raise RegistryError(f"{ctx}: max_batch must be >= 1")
+    variant = _typed(table, "variant", str, "base", ctx)
+    if variant not in VARIANTS[family]:
+        raise RegistryError(f"{ctx}: variant = {variant!r}; {family} models are one of {', '.join(VARIANTS[family])}")
+    max_input_images = _typed(table, "max_input_images", int, 1, ctx)
+    if not 1 <= max_input_images <= MAX_INPUT_IMAGES:
+        raise RegistryError(f"{ctx}: max_input_images must be an integer in 1..{MAX_INPUT_IMAGES}")
+    if max_input_images > 1 and variant not in REFERENCE_VARIANTS:
+        raise RegistryError(
+            f"{ctx}: max_input_images = {max_input_images} needs a variant that takes reference images "
+            f"({', '.join(sorted(REFERENCE_VARIANTS))}); variant is {variant!r}"
+        )
     return ModelSpec(
         name=name,
         family=family,
@@ -308,6 +333,8 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         max_batch=max_batch,
         allow_pickle=_typed(table, "allow_pickle", bool, False, ctx),
         dtype=dtype,
+        variant=variant,
+        max_input_images=max_input_images,
     )
 
 

@@ -34,9 +34,11 @@ class DiffusersBackend:
     def __init__(self, spec: ModelSpec, device: DeviceInfo) -> None:
         self.spec = spec
         self.device = device
-        self.adapter = adapter_for(spec.family)
+        self.adapter = adapter_for(spec.family, spec.variant)
         self.dtype = choose_dtype(device.kind, spec.family, cuda_capability(device), spec.dtype.get(device.kind))
         self._pipe: DiffusionPipeline | None = None
+        # Edit pipelines built from `_pipe` with `from_pipe`: they share its components, so cost no weights.
+        self._derived: dict[type[DiffusionPipeline], DiffusionPipeline] = {}
         self._tiled = False
 
     @property
@@ -68,7 +70,7 @@ class DiffusersBackend:
 
         An exception raised by `on_step` aborts the job and propagates.
         """
-        pipe = self._require_pipe()
+        pipe = self._pipeline_for(batch[0])
         # One entry per image: the plan it belongs to and its seed, so a call can mix requests.
         items = [(plan, seed) for plan in batch for seed in plan.seeds]
         chunk = max(1, min(self.spec.max_batch, len(items)))
@@ -111,6 +113,7 @@ class DiffusersBackend:
     def unload(self) -> None:
         """Drop the pipeline and give its memory back to the device."""
         self._pipe = None
+        self._derived.clear()
         self._tiled = False
         gc.collect()
         self._empty_cache()
@@ -159,6 +162,18 @@ class DiffusersBackend:
         # CPU anyway. We promise reproducibility on one machine and software stack, not across devices.
         where = torch_device(self.device) if self.device.kind == "cuda" else torch.device("cpu")
         return [torch.Generator(device=where).manual_seed(seed) for seed in seeds]
+
+    def _pipeline_for(self, plan: GenerationPlan) -> DiffusionPipeline:
+        """The loaded pipeline, or the family's edit pipeline sharing its components."""
+        pipe = self._require_pipe()
+        cls = self.adapter.pipeline_class_for(plan.edit)
+        if cls is self.adapter.pipeline_class:
+            return pipe
+        if cls not in self._derived:
+            derived = cls.from_pipe(pipe)
+            derived.set_progress_bar_config(disable=True)
+            self._derived[cls] = derived
+        return self._derived[cls]
 
     def _require_pipe(self) -> DiffusionPipeline:
         if self._pipe is None:

@@ -1,4 +1,5 @@
-"""FLUX.1 (dev, schnell): CLIP-L for the pooled embedding, T5-XXL for the prompt, a rectified-flow transformer.
+"""FLUX.1 (dev, schnell, Kontext, Fill): CLIP-L for the pooled embedding, T5-XXL for the prompt, a
+rectified-flow transformer.
 
 FLUX.1 is guidance-distilled: `guidance_scale` is fed to the transformer as an embedding (dev; schnell has none
 and ignores it), there is no unconditional pass and so no negative prompt. When a plan carries a negative prompt
@@ -7,6 +8,19 @@ time) and pushes away from the negative prompt; without one, generation is the s
 
 Tokens are counted with the T5 tokenizer (`tokenizer_2`): CLIP only sees the first 77 tokens.
 `max_sequence_length` caps the T5 prompt (pipeline default 512; schnell is trained at 256).
+
+Edits: FluxImg2ImgPipeline without a mask, FluxInpaintPipeline with one (it keeps the unmasked latents of the
+input at every step). Two checkpoint variants, declared with `variant` in models.toml:
+
+- `kontext` (FLUX.1 Kontext): edits are instructions, not img2img. The input is encoded into extra image tokens
+  the transformer attends to, and the result is denoised from pure noise, so `strength` does not apply without a
+  mask. diffusers' Kontext pipelines take one conditioning image; several input images (up to the model's
+  `max_input_images`) are placed side by side into that one image, the way Kontext workflows combine
+  references. With a mask, FluxKontextInpaintPipeline repaints the masked region of the first image, conditioned
+  on the same combined image. Text-to-image runs the base FLUX pipeline on Kontext's weights.
+- `fill` (FLUX.1 Fill): the transformer takes the masked image and the mask as extra input channels, so every job
+  runs FluxFillPipeline: an edit without a mask repaints the whole image (at its strength), and text-to-image
+  repaints a blank canvas. FluxFillPipeline has no negative prompt: a plan's negative prompt is not used.
 """
 
 from __future__ import annotations
@@ -14,14 +28,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxKontextInpaintPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+)
+from PIL import Image
 
-from localimg.backends.families import FamilyAdapter
+from localimg.backends.families import FamilyAdapter, flow_match_steps_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from localimg.backends.base import GenerationPlan
+    from localimg.backends.base import EditInputs, GenerationPlan
 
 # The true-CFG strength used with a negative prompt; diffusers' examples use 4.0, and the plan's own
 # `guidance_scale` already means the distilled guidance, so it cannot double as this.
@@ -31,7 +54,10 @@ TRUE_CFG_SCALE = 4.0
 class FluxAdapter(FamilyAdapter):
     family: ClassVar[str] = "flux"
     pipeline_class: ClassVar[type[DiffusionPipeline]] = FluxPipeline
+    img2img_class: ClassVar[type[DiffusionPipeline]] = FluxImg2ImgPipeline
+    inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxInpaintPipeline
     takes_max_sequence_length: ClassVar[bool] = True
+    steps_run = staticmethod(flow_match_steps_run)
 
     def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
         kwargs = super().call_kwargs(plans)
@@ -41,3 +67,76 @@ class FluxAdapter(FamilyAdapter):
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         return pipe.tokenizer_2
+
+
+class FluxKontextAdapter(FluxAdapter):
+    img2img_class: ClassVar[type[DiffusionPipeline]] = FluxKontextPipeline
+    inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxKontextInpaintPipeline
+
+    def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
+        kwargs = super().call_kwargs(plans)
+        first = plans[0]
+        if first.edit is not None:
+            # By default the Kontext pipelines resize their inputs to a ~1 MP resolution Kontext was trained at, and
+            # the inpainting one then paints at that size. Inputs sized here keep the output at the plan's size and
+            # the conditioning tokens at the output's count. (`_auto_resize` is in the 0.42 signature and docs.)
+            kwargs["max_area"] = first.width * first.height
+            kwargs["_auto_resize"] = False
+            reference = fit_area(side_by_side(first.edit.images), first.width * first.height)
+            key = "image" if first.edit.mask is None else "image_reference"
+            kwargs[key] = [reference] * len(plans)
+        return kwargs
+
+    def edit_kwargs(self, edit: EditInputs, count: int, steps: int) -> dict[str, Any]:
+        if edit.mask is None:
+            return {"num_inference_steps": steps}  # the image is added by call_kwargs; no strength applies
+        return super().edit_kwargs(edit, count, steps)
+
+
+class FluxFillAdapter(FluxAdapter):
+    img2img_class: ClassVar[type[DiffusionPipeline]] = FluxFillPipeline
+    inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxFillPipeline
+
+    def pipeline_class_for(self, edit: EditInputs | None) -> type[DiffusionPipeline]:
+        return FluxFillPipeline  # the base pipeline cannot feed the Fill transformer's extra input channels
+
+    def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
+        kwargs = FamilyAdapter.call_kwargs(self, plans)  # not FluxAdapter's: no true CFG in FluxFillPipeline
+        kwargs.pop("negative_prompt", None)
+        first, count = plans[0], len(plans)
+        if first.edit is None:
+            kwargs["image"] = [Image.new("RGB", (first.width, first.height), (128, 128, 128))] * count
+            kwargs["strength"] = 1.0
+        if first.edit is None or first.edit.mask is None:
+            kwargs["mask_image"] = [Image.new("L", (first.width, first.height), 255)] * count
+        return kwargs
+
+
+def side_by_side(images: Sequence[Image.Image]) -> Image.Image:
+    """The images in a row, each scaled to the first one's height (one image: itself)."""
+    if len(images) == 1:
+        return images[0]
+    height = images[0].height
+    scaled = [image.convert("RGB").resize((max(1, round(image.width * height / image.height)), height),
+                                          Image.Resampling.LANCZOS) for image in images]  # fmt: skip
+    row = Image.new("RGB", (sum(image.width for image in scaled), height))
+    x = 0
+    for image in scaled:
+        row.paste(image, (x, 0))
+        x += image.width
+    return row
+
+
+def fit_area(image: Image.Image, pixels: int) -> Image.Image:
+    """`image` scaled to about `pixels` pixels, keeping its aspect (sides rounded down to multiples of 16)."""
+    scale = (pixels / (image.width * image.height)) ** 0.5
+    size = (max(16, int(image.width * scale) // 16 * 16), max(16, int(image.height * scale) // 16 * 16))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def flux_variant_adapter(variant: str) -> FamilyAdapter:
+    """The adapter for a FLUX checkpoint variant other than "base" ("kontext", "fill")."""
+    adapters: dict[str, type[FamilyAdapter]] = {"kontext": FluxKontextAdapter, "fill": FluxFillAdapter}
+    if variant not in adapters:
+        raise ValueError(f"no FLUX variant {variant!r}; known: base, {', '.join(adapters)}")
+    return adapters[variant]()

@@ -1,6 +1,8 @@
 """Tiny random-weight diffusers pipelines for tests: real folder layouts, real pipeline classes, no hub.
 
-`build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl` and `tiny-sd3` under `out_dir` as
+`build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl`, `tiny-sd3`, `tiny-flux-kontext` (FLUX's
+architecture, declared as a Kontext checkpoint taking up to 3 input images) and `tiny-flux-fill` (a FLUX.1 Fill
+transformer) under `out_dir` as
 ordinary diffusers folders (safetensors only) plus a `models.toml` registering them, and returns that file's
 path. Every component is built locally from fixed seeds, tokenizers included (trained here on a small
 built-in corpus), so the build needs no network. Shapes follow the real families (8x VAE downsampling,
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-1"
+BUILD_VERSION = "tiny-models-3"
 MARKER = ".complete"
 
 OPENAI_ALIASES = (
@@ -97,6 +99,7 @@ class _ModelEntry:
     guidance: float
     max_sequence_length: int | None = None
     aliases: tuple[str, ...] = ()
+    extra: str = ""  # further model-level keys, as TOML lines
 
 
 _ENTRIES = (
@@ -104,12 +107,22 @@ _ENTRIES = (
     _ModelEntry("tiny-sd15", "sd15", "512x512", 8, 7.5),
     _ModelEntry("tiny-sdxl", "sdxl", "1024x1024", 8, 5.0),
     _ModelEntry("tiny-sd3", "sd3", "1024x1024", 16, 4.5, max_sequence_length=64),
+    _ModelEntry(
+        "tiny-flux-kontext",
+        "flux",
+        "1024x1024",
+        16,
+        2.5,
+        max_sequence_length=64,
+        extra='variant = "kontext"\nmax_input_images = 3\n',
+    ),  # fmt: skip
+    _ModelEntry("tiny-flux-fill", "flux", "1024x1024", 16, 30.0, max_sequence_length=64, extra='variant = "fill"\n'),
 )
 MODEL_NAMES = tuple(entry.name for entry in _ENTRIES)
 
 
 def build_tiny_models(out_dir: Path, *, force: bool = False) -> Path:
-    """Build (or reuse) the four tiny pipelines under `out_dir`; return the path of `out_dir/models.toml`."""
+    """Build (or reuse) the tiny pipelines under `out_dir`; return the path of `out_dir/models.toml`."""
     out_dir = Path(out_dir)
     toml_path = out_dir / "models.toml"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +134,8 @@ def build_tiny_models(out_dir: Path, *, force: bool = False) -> Path:
         tokenizers = _build_tokenizers()
         builders: dict[str, Callable[[_Tokenizers], DiffusionPipeline]] = {
             "tiny-flux": _flux_pipeline,
+            "tiny-flux-kontext": _flux_kontext_pipeline,
+            "tiny-flux-fill": _flux_fill_pipeline,
             "tiny-sd15": _sd15_pipeline,
             "tiny-sdxl": _sdxl_pipeline,
             "tiny-sd3": _sd3_pipeline,
@@ -151,7 +166,7 @@ source = {{ path = "{entry.name}" }}
 aliases = {json.dumps(list(entry.aliases))}
 default_size = "{entry.default_size}"
 max_batch = 4
-limits = {{ min_side = 64, max_side = 2048, max_pixels = 4194304, multiple_of = {entry.multiple_of} }}
+{entry.extra}limits = {{ min_side = 64, max_side = 2048, max_pixels = 4194304, multiple_of = {entry.multiple_of} }}
 
 [models.{entry.name}.quality]
 auto = "medium"
@@ -428,12 +443,35 @@ def _unet(*, cross_attention_dim: int, sample_size: int, seed: int, **extra: Any
 
 
 def _flux_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline
 
-    _seeded(10)
+    return FluxPipeline(**_flux_components(tok, seed=10))
+
+
+def _flux_kontext_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    # FLUX.1 Kontext has FLUX.1's architecture; its checkpoints name FluxKontextPipeline in model_index.json.
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline(**_flux_components(tok, seed=50))
+
+
+def _flux_fill_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+    from diffusers import FluxFillPipeline
+
+    # FLUX.1 Fill's transformer also reads the packed masked-image latents (64) and the packed 8x8 mask (256).
+    return FluxFillPipeline(**_flux_components(tok, seed=60, in_channels=16 * 4 + 16 * 4 + 64 * 4, out_channels=16 * 4))
+
+
+def _flux_components(
+    tok: _Tokenizers, seed: int, in_channels: int = 16 * 4, out_channels: int | None = None
+) -> dict[str, Any]:
+    from diffusers import FluxTransformer2DModel
+
+    _seeded(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16 * 4,  # the pipeline packs 2x2 patches of the 16-channel latent itself
+        in_channels=in_channels,  # the pipeline packs 2x2 patches of the 16-channel latent itself
+        out_channels=out_channels,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
@@ -443,12 +481,12 @@ def _flux_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     ).eval()
-    return FluxPipeline(
+    return dict(
         scheduler=_flow_scheduler(dynamic=True),
-        vae=_vae(16, 0.3611, 0.1159, seed=11),
-        text_encoder=_clip_text_model(tok.clip, seed=12),
+        vae=_vae(16, 0.3611, 0.1159, seed=seed + 1),
+        text_encoder=_clip_text_model(tok.clip, seed=seed + 2),
         tokenizer=tok.clip,
-        text_encoder_2=_t5_encoder(tok.t5, seed=13),
+        text_encoder_2=_t5_encoder(tok.t5, seed=seed + 3),
         tokenizer_2=tok.t5,
         transformer=transformer,
     )

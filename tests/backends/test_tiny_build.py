@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from localimg.registry import Registry
 from localimg.testing import tiny
@@ -17,8 +18,14 @@ PIPELINE_CLASSES = {
     "tiny-sd15": "StableDiffusionPipeline",
     "tiny-sdxl": "StableDiffusionXLPipeline",
     "tiny-sd3": "StableDiffusion3Pipeline",
+    "tiny-flux-kontext": "FluxKontextPipeline",
+    "tiny-flux-fill": "FluxFillPipeline",
 }
-FAMILIES = {"tiny-flux": "flux", "tiny-sd15": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3"}
+FAMILIES = {
+    "tiny-flux": "flux", "tiny-sd15": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3",
+    "tiny-flux-kontext": "flux", "tiny-flux-fill": "flux",
+}  # fmt: skip
+VARIANTS = {"tiny-flux-kontext": "kontext", "tiny-flux-fill": "fill"}
 
 
 def test_registry_accepts_the_generated_toml(tiny_models_toml: Path) -> None:
@@ -27,6 +34,7 @@ def test_registry_accepts_the_generated_toml(tiny_models_toml: Path) -> None:
     assert registry.default_model == "tiny-flux"
     for spec in registry:
         assert spec.family == FAMILIES[spec.name]
+        assert spec.variant == VARIANTS.get(spec.name, "base")
         assert spec.source.path == (tiny_models_toml.parent / spec.name).resolve()
         assert "tiny random-weight" in spec.description.lower()
         assert [spec.quality[level].steps for level in ("low", "medium", "high")] == [1, 2, 3]
@@ -72,8 +80,14 @@ def test_pipeline_reloads_offline_and_generates(
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe).__name__ == PIPELINE_CLASSES[name]
     assert pipe.vae_scale_factor == 8
+    extra = {
+        # FLUX Fill always repaints a masked image; a white mask over a blank one is text-to-image.
+        "tiny-flux-fill": {"image": Image.new("RGB", (320, 256)), "mask_image": Image.new("L", (320, 256), 255)},
+        "tiny-flux-kontext": {"max_area": 320 * 256},  # Kontext rescales its output to 1 MP unless told
+    }
     images = pipe(
-        "a lighthouse on a small island, watercolor",
+        prompt="a lighthouse on a small island, watercolor",  # Kontext's first parameter is `image`
+        **extra.get(name, {}),
         height=256,
         width=320,
         num_inference_steps=2,
