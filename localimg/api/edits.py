@@ -29,6 +29,7 @@ router = APIRouter(tags=["images"], responses={400: {"model": ErrorResponse}, 50
 M = TypeVar("M", bound=BaseModel)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
 _EDIT_FILES = {"image", "image[]", "mask"}
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
@@ -164,7 +165,8 @@ def _validated(model: type[M], data: dict[str, Any], *, strict: bool) -> M:
 
 
 async def _form(request: Request, *, max_files: int) -> FormData:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    # A urlencoded form cannot carry files, but parsing it lets the error name the missing file.
+    if not request.headers.get("content-type", "").startswith(_FORM_TYPES):
         raise InvalidRequestError(
             "Expected a multipart/form-data body (as the OpenAI SDKs send) or application/json.",
             code="invalid_content_type",
