@@ -152,6 +152,18 @@ def test_several_images_need_a_model_that_takes_references(client: OpenAI):
     assert info.value.body["code"] == "too_many_images"
 
 
+def test_reference_images_on_a_kontext_model(client: OpenAI):
+    images = [png_bytes(picture(256, 256, seed=1)), png_bytes(picture(128, 192, seed=2))]
+    result = client.images.edit(model="tiny-flux-kontext", image=images, prompt="put the second in the first", n=2)
+    assert len(result.data) == 2
+    for item in result.data:
+        decode(item.b64_json, "png", (256, 256))
+    assert result.usage.input_tokens_details.image_tokens == 16 * 16 + 8 * 12
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(model="tiny-flux-kontext", image=images * 2, prompt=PROMPT)  # takes 3
+    assert info.value.body["code"] == "too_many_images"
+
+
 def test_a_one_element_list_is_sent_as_image_brackets(client: OpenAI):
     result = client.images.edit(model="tiny-sd15", image=[png_bytes(picture())], prompt=PROMPT)
     decode(result.data[0].b64_json, "png", (256, 256))
