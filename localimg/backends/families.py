@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import DiffusionPipeline
     from transformers import PreTrainedTokenizerBase
 
@@ -47,6 +48,10 @@ class FamilyAdapter:
 
     def prepare(self, pipe: DiffusionPipeline, dtype: str) -> None:
         """Family fixes applied once after loading, with the pipeline in `dtype` on its device."""
+
+    def unpack_latents(self, pipe: DiffusionPipeline, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """The pipeline's working latents as the VAE's (batch, channels, h, w) layout, for previews."""
+        return latents
 
 
 def adapter_for(family: str) -> FamilyAdapter:

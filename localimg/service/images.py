@@ -7,7 +7,7 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 from localimg.imaging.encoding import MIME_TYPES, encode_image
@@ -22,6 +22,7 @@ from localimg.protocol import (
     Usage,
 )
 from localimg.service.planning import SEED_MODULUS, ImageJob, OutputOptions, image_tokens, plan_generation
+from localimg.service.streaming import EventPrefix, ImageEvent, JobStream
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -67,6 +68,24 @@ class ImageService:
             **self._gpt_image_fields(job, result.prompt_tokens),
         )
 
+    def plan_generation(self, request: ImageGenerateRequest) -> ImageJob:
+        """Resolve a generations request (raises InvalidRequestError), e.g. before a stream starts."""
+        return plan_generation(request, self.registry, self._random_seed)
+
+    def stream(self, job: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
+        """Run a job planned with `stream` set, as `{event_prefix}.partial_image` / `.completed` events (see
+        service/streaming.py for their order and usage). Domain errors raised while it runs propagate."""
+        plan = job.plan
+        log.info(
+            "stream %s model=%s size=%s quality=%s steps=%d n=%d partial_images=%d seeds=%s",
+            event_prefix, plan.model, job.size, job.quality, plan.steps, plan.n,
+            job.stream.partial_images if job.stream else 0, plan.seeds,
+        )  # fmt: skip
+        stream = JobStream(
+            self.engine, job, event_prefix, usage=lambda tokens: self._usage(job, tokens), clock=self._clock
+        )
+        return stream.events()
+
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(model_id) for model_id in self.registry.public_ids()])
 
@@ -105,6 +124,12 @@ class ImageService:
             "usage": usage,
             "safety_identifier": job.safety_identifier,
         }
+
+    def _usage(self, job: ImageJob, prompt_tokens: int) -> Usage:
+        """The whole job's usage, counted as in the non-streaming response."""
+        usage = self._gpt_image_fields(job, prompt_tokens)["usage"]
+        assert isinstance(usage, Usage)
+        return usage
 
 
 def _encode_all(images: list[Image.Image], output: OutputOptions) -> list[bytes]:
