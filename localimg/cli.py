@@ -41,6 +41,9 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(envvar="LOCALIMG_MAX_QUEUE", help="Jobs queued or running before 503.")
     ] = 64,
+    sse_keepalive: Annotated[
+        float, typer.Option(envvar="LOCALIMG_SSE_KEEPALIVE", help="Seconds of stream silence before a keep-alive.")
+    ] = 10.0,
     log_level: Annotated[str, typer.Option(envvar="LOCALIMG_LOG_LEVEL", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run the HTTP server."""
@@ -58,6 +61,7 @@ def serve(
                 public_url=public_url,
                 url_ttl_s=url_ttl,
                 max_queue=max_queue,
+                sse_keepalive_s=sse_keepalive,
                 log_level=log_level,
             )
         )

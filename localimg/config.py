@@ -20,4 +20,6 @@ class Settings:
     public_url: str | None = None
     url_ttl_s: int = 3600
     max_queue: int = 64
+    # Seconds without an event after which a stream gets a `: keep-alive` comment frame (proxies close idle ones).
+    sse_keepalive_s: float = 10.0
     log_level: str = "info"

@@ -148,3 +148,59 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- Streaming (`stream: true`): server-sent events, spec section 4 ---
+
+
+class _StreamImageEvent(BaseModel):
+    """Fields every image stream event carries. `size`, `quality` and `background` echo what the request asked
+    for (possibly "auto"), unlike the non-streaming response, which reports resolved values."""
+
+    b64_json: str
+    created_at: int
+    size: str
+    quality: str
+    background: Background
+    output_format: OutputFormat
+
+
+class _PartialImageFields(_StreamImageEvent):
+    partial_image_index: int
+
+
+class _CompletedFields(_StreamImageEvent):
+    usage: Usage
+    safety_identifier: str | None = None
+
+
+class ImageGenerationPartialImageEvent(_PartialImageFields):
+    type: Literal["image_generation.partial_image"] = "image_generation.partial_image"
+
+
+class ImageGenerationCompletedEvent(_CompletedFields):
+    type: Literal["image_generation.completed"] = "image_generation.completed"
+
+
+class ImageEditPartialImageEvent(_PartialImageFields):
+    type: Literal["image_edit.partial_image"] = "image_edit.partial_image"
+
+
+class ImageEditCompletedEvent(_CompletedFields):
+    type: Literal["image_edit.completed"] = "image_edit.completed"
+
+
+class ErrorEvent(BaseModel):
+    """A failure after the stream started; the SDKs raise it as `openai.APIError`."""
+
+    type: Literal["error"] = "error"
+    error: ErrorBody
+
+
+ImageStreamEvent = (
+    ImageGenerationPartialImageEvent
+    | ImageGenerationCompletedEvent
+    | ImageEditPartialImageEvent
+    | ImageEditCompletedEvent
+    | ErrorEvent
+)

@@ -14,11 +14,12 @@ import re
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from localimg.api.errors import openai_validation_error
-from localimg.api.images import files_url, service_of
+from localimg.api.images import files_url, service_of, sse
 from localimg.errors import InvalidRequestError
 from localimg.protocol import ErrorResponse, ImageEditRequest, ImagesResponse, ImageVariationRequest
 from localimg.service.edit_planning import MAX_INPUT_IMAGES
@@ -33,12 +34,16 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
-async def create_image_edit(request: Request) -> ImagesResponse:
+async def create_image_edit(request: Request) -> ImagesResponse | StreamingResponse:
     if _is_json(request):
         body, images, mask = _edit_from_json(await _json_object(request))
     else:
         body, images, mask = _edit_from_form(await _form(request, max_files=MAX_INPUT_IMAGES + 1))
-    return await service_of(request).edit(body, images, mask, url_base=files_url(request))
+    service = service_of(request)
+    if body.stream:
+        job = await service.plan_edit(body, images, mask)  # before the first byte: a bad request is a plain 400
+        return sse(service.stream(job, "image_edit"), request)
+    return await service.edit(body, images, mask, url_base=files_url(request))
 
 
 @router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)

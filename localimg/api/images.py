@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from collections.abc import AsyncGenerator
 
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from localimg.api.errors import request_id_of
+from localimg.api.sse import sse_response
 from localimg.errors import NotFoundError
 from localimg.protocol import ErrorResponse, ImageGenerateRequest, ImagesResponse
 from localimg.service.images import ImageService
+from localimg.service.streaming import ImageEvent
 
 router = APIRouter(tags=["images"], responses={400: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
 FILES_PATH = "/images/files"
@@ -17,8 +23,12 @@ def service_of(request: Request) -> ImageService:
 
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def create_image(body: ImageGenerateRequest, request: Request) -> ImagesResponse:
-    return await service_of(request).generate(body, url_base=files_url(request))
+async def create_image(body: ImageGenerateRequest, request: Request) -> ImagesResponse | StreamingResponse:
+    service = service_of(request)
+    if body.stream:
+        job = service.plan_generation(body)  # before the first byte: a bad request is still a plain HTTP 400
+        return sse(service.stream(job, "image_generation"), request)
+    return await service.generate(body, url_base=files_url(request))
 
 
 @router.get(FILES_PATH + "/{image_id}", responses={404: {"model": ErrorResponse}})
@@ -27,6 +37,11 @@ async def get_image_file(image_id: str, request: Request) -> Response:
     if item is None:
         raise NotFoundError(f"No image '{image_id}': it never existed or its URL has expired.", code="not_found")
     return Response(item.data, media_type=item.media_type, headers={"cache-control": "private, max-age=3600"})
+
+
+def sse(events: AsyncGenerator[ImageEvent, None], request: Request) -> StreamingResponse:
+    keepalive_s = request.app.state.settings.sse_keepalive_s
+    return sse_response(events, keepalive_s=keepalive_s, request_id=request_id_of(request))
 
 
 def files_url(request: Request) -> str:

@@ -13,6 +13,7 @@ from localimg.backends.base import StepProgress
 from localimg.backends.device import choose_dtype, cuda_capability, torch_device, torch_dtype
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
+from localimg.backends.previews import DenoisingTap, decode_preview
 from localimg.errors import GenerationError, ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -129,13 +130,18 @@ class DiffusersBackend:
         width, height = plans[0].width, plans[0].height
         indexes = range(first, first + len(items))
 
+        tap = DenoisingTap(pipe.scheduler)
+
+        def preview() -> list[Image.Image]:
+            return decode_preview(pipe, self.adapter, tap.clean_latents(), width, height)
+
         def callback(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 # num_timesteps, not plan.steps: some schedulers (PNDM) take one step more than asked.
-                on_step(StepProgress(step + 1, pipe.num_timesteps, indexes, self._preview_unavailable))
+                on_step(StepProgress(step + 1, pipe.num_timesteps, indexes, preview))
             return tensors
 
-        with torch.inference_mode():
+        with torch.inference_mode(), tap.attached():
             output = pipe(
                 **self.adapter.call_kwargs(plans),
                 generator=self._generators([seed for _, seed in items]),
@@ -151,10 +157,6 @@ class DiffusersBackend:
                     code="invalid_size",
                 )
         return images
-
-    @staticmethod
-    def _preview_unavailable() -> list[Image.Image]:
-        raise NotImplementedError("previews are not implemented yet")
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # One generator per image, so image i depends on seeds[i] only, whatever the batch. CUDA generators live

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import DiffusionPipeline
     from transformers import PreTrainedTokenizerBase
 
@@ -90,6 +91,10 @@ class FamilyAdapter:
 
     def prepare(self, pipe: DiffusionPipeline, dtype: str) -> None:
         """Family fixes applied once after loading, with the pipeline in `dtype` on its device."""
+
+    def unpack_latents(self, pipe: DiffusionPipeline, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """The pipeline's working latents as the VAE's (batch, channels, h, w) layout, for previews."""
+        return latents
 
 
 def flow_match_steps_run(num_inference_steps: int, strength: float) -> int:

@@ -42,6 +42,7 @@ from PIL import Image
 from localimg.backends.families import FamilyAdapter, flow_match_steps_run
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
     from localimg.backends.base import EditInputs, GenerationPlan
@@ -67,6 +68,10 @@ class FluxAdapter(FamilyAdapter):
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         return pipe.tokenizer_2
+
+    def unpack_latents(self, pipe: DiffusionPipeline, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        # FLUX denoises 2x2 patches packed into a token sequence.
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
 
 class FluxKontextAdapter(FluxAdapter):

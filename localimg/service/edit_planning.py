@@ -47,6 +47,8 @@ from localimg.service.planning import (
     resolve_output,
     resolve_quality,
     resolve_size,
+    resolve_stream,
+    steps_for_partials,
 )
 
 if TYPE_CHECKING:
@@ -86,6 +88,10 @@ def plan_edit(
             code="invalid_value",
         )
     check_prompt(request.prompt, style)
+    stream = resolve_stream(
+        request.stream, request.partial_images, style,
+        size=request.size, quality=request.quality, background=request.background,
+    )  # fmt: skip
     if style == "dall-e-2" and request.input_fidelity is not None:
         raise InvalidRequestError(
             "Unknown parameter: 'input_fidelity'.", param="input_fidelity", code="unknown_parameter"
@@ -114,7 +120,7 @@ def plan_edit(
         prompt=request.prompt,
         width=size.width,
         height=size.height,
-        steps=request.num_inference_steps or preset.steps,
+        steps=steps_for_partials(request.num_inference_steps or preset.steps, stream),
         guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
         seeds=draw_seeds(request.seed, request.n or 1, random_seed),
         negative_prompt=request.negative_prompt or None,
@@ -136,6 +142,7 @@ def plan_edit(
         safety_identifier=request.safety_identifier or request.user or None,
         keep=None if region_at_size is None else KeepRegion(original=original, region=region_at_size),
         input_image_tokens=sum(image_tokens(ImageSize(*item.image.size)) for item in images),
+        stream=stream,
     )
 
 

@@ -7,7 +7,7 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from localimg.protocol import (
 )
 from localimg.service.edit_planning import InputImage, plan_edit, plan_variation
 from localimg.service.planning import SEED_MODULUS, ImageJob, image_tokens, plan_generation
+from localimg.service.streaming import EventPrefix, ImageEvent, JobStream
 from localimg.service.transparency import TransparencyStage
 
 if TYPE_CHECKING:
@@ -70,10 +71,13 @@ class ImageService:
         self, request: ImageEditRequest, images: Sequence[Upload], mask: Upload | None, url_base: str
     ) -> ImagesResponse:
         """Serve one edits request: `images` are the uploaded files in order (`image` or `image[]`)."""
+        return await self._respond(await self.plan_edit(request, images, mask), url_base)
+
+    async def plan_edit(self, request: ImageEditRequest, images: Sequence[Upload], mask: Upload | None) -> ImageJob:
+        """Decode the uploads (off the event loop) and resolve the edit; raises InvalidRequestError."""
         decoded = await asyncio.to_thread(_decode_all, [*images, *([mask] if mask else [])], self.input_limits)
         inputs, mask_input = (decoded[:-1], decoded[-1]) if mask else (decoded, None)
-        job = plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
-        return await self._respond(job, url_base)
+        return plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
 
     async def variation(self, request: ImageVariationRequest, image: Upload, url_base: str) -> ImagesResponse:
         (decoded,) = await asyncio.to_thread(_decode_all, [image], self.input_limits)
@@ -104,6 +108,30 @@ class ImageService:
         if job.keep is not None:
             image = keep_outside(job.keep.original, image, job.keep.region)
         return self.transparency.finish(job, image)
+
+    def plan_generation(self, request: ImageGenerateRequest) -> ImageJob:
+        """Resolve a generations request (raises InvalidRequestError), e.g. before a stream starts."""
+        return plan_generation(request, self.registry, self._random_seed)
+
+    def stream(self, job: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
+        """Run a job planned with `stream` set, as `{event_prefix}.partial_image` / `.completed` events (see
+        service/streaming.py for their order and usage). Domain errors raised while it runs propagate."""
+        job = self.transparency.prepare(job)
+        plan = job.plan
+        log.info(
+            "stream %s model=%s size=%s quality=%s steps=%d n=%d partial_images=%d seeds=%s",
+            event_prefix, plan.model, job.size, job.quality, plan.steps, plan.n,
+            job.stream.partial_images if job.stream else 0, plan.seeds,
+        )  # fmt: skip
+        stream = JobStream(
+            self.engine,
+            job,
+            event_prefix,
+            usage=lambda tokens: self._usage(job, tokens),
+            finish=lambda image: self.finish(job, image),
+            clock=self._clock,
+        )
+        return stream.events()
 
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(model_id) for model_id in self.registry.public_ids()])
@@ -144,6 +172,12 @@ class ImageService:
             "usage": usage,
             "safety_identifier": job.safety_identifier,
         }
+
+    def _usage(self, job: ImageJob, prompt_tokens: int) -> Usage:
+        """The whole job's usage, counted as in the non-streaming response."""
+        usage = self._gpt_image_fields(job, prompt_tokens)["usage"]
+        assert isinstance(usage, Usage)
+        return usage
 
 
 @dataclass(frozen=True)

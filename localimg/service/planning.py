@@ -6,6 +6,10 @@ each parameter from the route to the pipeline call in one hop. Nothing here touc
 Which API a request speaks is decided by the model id the client sent: `dall-e-2` and `dall-e-3` keep their
 legacy rules (fixed sizes, `response_format`, `style`); every other id (gpt-image-*, local model names)
 follows the gpt-image rules.
+
+Streaming (`stream=true`, gpt-image models only) with `partial_images` = k shows k previews taken at distinct
+denoising steps before the last one, so it needs at least k + 1 steps: a streamed job whose resolved steps are
+fewer is raised to k + 1 steps (`steps_for_partials`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SEED_MODULUS = 2**63
 # Image tokens are counted as the 16x16-pixel patches the image is made of (FLUX's and SD3's transformer
 # tokens); a 1024x1024 image is 4096 tokens. OpenAI counts its own differently; this is documented.
 IMAGE_TOKEN_PATCH = 16
+MAX_PARTIAL_IMAGES = 3
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,16 @@ class KeepRegion:
 
 
 @dataclass(frozen=True)
+class StreamOptions:
+    """How to stream a job. Stream events echo the requested settings, which may be "auto"."""
+
+    partial_images: int  # previews per image, 0-3
+    size: str
+    quality: str
+    background: str
+
+
+@dataclass(frozen=True)
 class ImageJob:
     """A generation request with everything resolved: what to run, and how to answer."""
 
@@ -72,6 +87,7 @@ class ImageJob:
     safety_identifier: str | None
     keep: KeepRegion | None = None  # masked edits only
     input_image_tokens: int = 0  # edits: the input images, counted like output images
+    stream: StreamOptions | None = None  # None: answer with one JSON response
 
 
 def plan_generation(request: ImageGenerateRequest, registry: Registry, random_seed: Callable[[], int]) -> ImageJob:
@@ -84,10 +100,10 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
     if style == "dall-e-3" and n != 1:
         raise InvalidRequestError("You must provide n=1 for this model.", param="n", code="invalid_value")
     _check_style_only_params(request, style)
-    if request.stream:
-        raise InvalidRequestError(
-            "Streaming (stream=true) is not supported by this server yet.", param="stream", code="invalid_value"
-        )
+    stream = resolve_stream(
+        request.stream, request.partial_images, style,
+        size=request.size, quality=request.quality, background=request.background,
+    )  # fmt: skip
     size = resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
     output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
@@ -97,7 +113,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
         prompt=request.prompt,
         width=size.width,
         height=size.height,
-        steps=request.num_inference_steps or preset.steps,
+        steps=steps_for_partials(request.num_inference_steps or preset.steps, stream),
         guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
         seeds=draw_seeds(request.seed, n, random_seed),
         negative_prompt=request.negative_prompt or None,
@@ -112,6 +128,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
         output=output,
         response_format=request.response_format or ("url" if style != "gpt-image" else "b64_json"),
         safety_identifier=request.safety_identifier or request.user or None,
+        stream=stream,
     )
 
 
@@ -148,6 +165,40 @@ def _check_style_only_params(request: ImageGenerateRequest, style: ApiStyle) -> 
     for name, value in dalle_only.items():
         if value is not None and name not in allowed:
             raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+
+
+def resolve_stream(
+    stream: bool | None,
+    partial_images: int | None,
+    style: ApiStyle,
+    *,
+    size: str | None,
+    quality: str | None,
+    background: str | None,
+) -> StreamOptions | None:
+    """None unless `stream` is true. DALL·E models do not stream; `partial_images` is 0-3 (ignored unless
+    streaming, as OpenAI does)."""
+    if not stream:
+        return None
+    if style != "gpt-image":
+        raise InvalidRequestError(
+            f"Streaming is not supported for model '{style}'.", param="stream", code="invalid_value"
+        )
+    count = partial_images or 0
+    if not 0 <= count <= MAX_PARTIAL_IMAGES:
+        above = count > MAX_PARTIAL_IMAGES
+        raise InvalidRequestError(
+            f"Invalid 'partial_images': integer {'above maximum' if above else 'below minimum'} value. Expected a "
+            f"value {'<=' if above else '>='} {MAX_PARTIAL_IMAGES if above else 0}, but got {count} instead.",
+            param="partial_images",
+            code=f"integer_{'above_max' if above else 'below_min'}_value",
+        )
+    return StreamOptions(count, size or "auto", quality or "auto", background or "auto")
+
+
+def steps_for_partials(steps: int, stream: StreamOptions | None) -> int:
+    """Each preview is taken at its own step before the last one: a streamed job runs at least k + 1 steps."""
+    return steps if stream is None else max(steps, stream.partial_images + 1)
 
 
 def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSize:

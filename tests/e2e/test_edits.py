@@ -289,3 +289,24 @@ def test_too_many_images(server):
     response = httpx.post(f"{server.root}/v1/images/edits", data={"prompt": PROMPT}, files=files, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "image"
+
+
+@pytest.mark.parametrize("partial_images", [0, 1, 3])
+def test_streamed_edit(client: OpenAI, partial_images: int):
+    source, mask = picture(seed=8), hole_mask()
+    stream = client.images.edit(
+        model="tiny-flux", image=png_bytes(source), mask=png_bytes(mask), prompt=PROMPT,
+        stream=True, partial_images=partial_images, output_format="webp",
+    )  # fmt: skip
+    events = list(stream)
+    assert [event.type for event in events] == ["image_edit.partial_image"] * partial_images + ["image_edit.completed"]
+    assert [event.partial_image_index for event in events[:-1]] == list(range(partial_images))
+    for event in events:
+        decode(event.b64_json, "webp", (256, 256))
+    assert events[-1].usage.input_tokens_details.image_tokens == 16 * 16
+
+
+def test_streamed_edit_errors_before_the_first_byte(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(image=png_bytes(picture()), mask=png_bytes(hole_mask(128, 128)), prompt=PROMPT, stream=True)
+    assert info.value.body["param"] == "mask"

@@ -1,0 +1,92 @@
+"""Server-sent events for image streams (spec section 4): one `event:` + `data:` frame per event, keep-alive
+comments while a step runs long, and errors after the first byte as an `event: error` frame.
+
+Errors before the first byte (validation, planning) never get here: routes resolve the job first, so those are
+normal HTTP errors. When the client disconnects, Starlette cancels the task iterating these frames; the
+cancellation reaches the event source, which cancels its engine job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi.responses import StreamingResponse
+
+from localimg.errors import LocalImgError
+from localimg.protocol import ErrorBody, ErrorEvent
+
+if TYPE_CHECKING:
+    from localimg.service.streaming import ImageEvent
+
+log = logging.getLogger(__name__)
+
+KEEP_ALIVE_FRAME = b": keep-alive\n\n"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def sse_frame(event: ImageEvent | ErrorEvent) -> bytes:
+    """`event: <type>` and `data: <one-line JSON>`; the event name equals the JSON `type`, which old SDKs need."""
+    # Optional fields left out of image events; the error object always has all four keys (null included).
+    data = event.model_dump_json(exclude_none=not isinstance(event, ErrorEvent))
+    return f"event: {event.type}\ndata: {data}\n\n".encode()
+
+
+def error_event(exc: LocalImgError) -> ErrorEvent:
+    return ErrorEvent(error=ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
+
+
+async def sse_frames(
+    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None
+) -> AsyncIterator[bytes]:
+    """Frames for `events`, a keep-alive after each `keepalive_s` of silence, and an error frame (then the end)
+    if the events fail."""
+    next_event: asyncio.Future[ImageEvent] | None = None
+    try:
+        while True:
+            if next_event is None:
+                # Kept across keep-alives: cancelling it on a timeout would cancel the job behind it.
+                next_event = asyncio.ensure_future(_next(events))
+            done, _ = await asyncio.wait({next_event}, timeout=keepalive_s)
+            if not done:
+                yield KEEP_ALIVE_FRAME
+                continue
+            finished, next_event = next_event, None
+            try:
+                event = finished.result()
+            except StopAsyncIteration:
+                return
+            except LocalImgError as exc:
+                log.warning("request %s: stream failed: %s", request_id, exc.message)
+                yield sse_frame(error_event(exc))
+                return
+            except Exception:
+                log.exception("request %s: unexpected error in a stream", request_id)
+                message = f"The server had an error while processing your request (request id {request_id})."
+                yield sse_frame(error_event(LocalImgError(message)))
+                return
+            yield sse_frame(event)
+    except (asyncio.CancelledError, GeneratorExit):
+        log.info("request %s: client disconnected mid-stream; cancelling its job", request_id)
+        raise
+    finally:
+        if next_event is not None:
+            next_event.cancel()
+        else:
+            await events.aclose()
+
+
+async def _next(events: AsyncGenerator[ImageEvent, None]) -> ImageEvent:
+    return await anext(events)
+
+
+def sse_response(
+    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None
+) -> StreamingResponse:
+    return StreamingResponse(
+        sse_frames(events, keepalive_s=keepalive_s, request_id=request_id),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
