@@ -45,8 +45,50 @@ def serve(
         float, typer.Option(envvar="LOCALIMG_SSE_KEEPALIVE", help="Seconds of stream silence before a keep-alive.")
     ] = 10.0,
     log_level: Annotated[str, typer.Option(envvar="LOCALIMG_LOG_LEVEL", help="debug, info, warning.")] = "info",
+    max_batch: Annotated[
+        int, typer.Option(envvar="LOCALIMG_MAX_BATCH", help="Images per merged pipeline call (n counts).")
+    ] = 8,
+    batch_window_ms: Annotated[
+        float,
+        typer.Option(envvar="LOCALIMG_BATCH_WINDOW_MS", help="Wait for compatible requests to merge; 0: no merging."),
+    ] = 10.0,
+    request_timeout: Annotated[
+        float, typer.Option(envvar="LOCALIMG_REQUEST_TIMEOUT", help="Seconds per request before 504; 0: none.")
+    ] = 600.0,
+    memory_budget_gb: Annotated[
+        float | None,
+        typer.Option(
+            envvar="LOCALIMG_MEMORY_BUDGET_GB",
+            help="Weights of resident models; default: 3/4 of GPU memory, no CPU limit.",
+        ),
+    ] = None,
+    warmup: Annotated[
+        list[str],
+        typer.Option(envvar="LOCALIMG_WARMUP", help="Sizes (WxH) generated once per preloaded model at start."),
+    ] = [],  # noqa: B006
+    drain_timeout: Annotated[
+        float, typer.Option(envvar="LOCALIMG_DRAIN_TIMEOUT", help="Seconds SIGTERM waits for jobs to finish.")
+    ] = 30.0,
+    api_key: Annotated[
+        list[str], typer.Option(envvar="LOCALIMG_API_KEY", help="Accepted API key (repeatable); none: no key needed.")
+    ] = [],  # noqa: B006
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(envvar="LOCALIMG_API_KEYS_FILE", help="File with one API key (or sha256:<hex>) per line."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(envvar="LOCALIMG_INSECURE", help="Allow a non-loopback --host without API keys.")
+    ] = False,
+    max_body_mb: Annotated[
+        float, typer.Option(envvar="LOCALIMG_MAX_BODY_MB", help="Largest request body in MB (413 above).")
+    ] = 64.0,
+    cors_origin: Annotated[
+        list[str], typer.Option(envvar="LOCALIMG_CORS_ORIGIN", help="Browser origin allowed by CORS (repeatable).")
+    ] = [],  # noqa: B006
+    inject_oom: Annotated[int, typer.Option(envvar="LOCALIMG_INJECT_OOM", hidden=True)] = 0,
 ) -> None:
     """Run the HTTP server."""
+    from localimg.api.auth import key_hashes
     from localimg.server import run
 
     with _config_errors():
@@ -63,6 +105,17 @@ def serve(
                 max_queue=max_queue,
                 sse_keepalive_s=sse_keepalive,
                 log_level=log_level,
+                max_batch=max_batch,
+                batch_window_ms=batch_window_ms,
+                request_timeout_s=request_timeout or None,
+                memory_budget_gb=memory_budget_gb,
+                warmup_sizes=_split(warmup),
+                drain_timeout_s=drain_timeout,
+                api_key_hashes=key_hashes(_split(api_key), api_keys_file),
+                insecure=insecure,
+                max_body_mb=max_body_mb,
+                cors_origins=_split(cors_origin),
+                inject_oom=inject_oom,
             )
         )
 

@@ -23,3 +23,22 @@ class Settings:
     # Seconds without an event after which a stream gets a `: keep-alive` comment frame (proxies close idle ones).
     sse_keepalive_s: float = 10.0
     log_level: str = "info"
+    # Engine (service/engine.py): images per merged call, how long to wait for compatible jobs (0: no merging),
+    # per-request timeout (None: none), and the resident models' weight budget (None: no limit on CPU/MPS,
+    # three quarters of the GPU's memory on CUDA).
+    max_batch: int = 8
+    batch_window_ms: float = 10.0
+    request_timeout_s: float | None = 600.0
+    memory_budget_gb: float | None = None
+    # Sizes ("WxH") generated once per preloaded model at start, so the first request is not the slow one.
+    warmup_sizes: tuple[str, ...] = ()
+    # Lifecycle: how long SIGTERM waits for queued and running jobs before failing them with a 503.
+    drain_timeout_s: float = 30.0
+    # Security: sha256 hex digests of the accepted API keys (empty: no key needed), binding a non-loopback host
+    # without keys, the request body limit, and the browser origins allowed by CORS (empty: CORS off).
+    api_key_hashes: tuple[str, ...] = ()
+    insecure: bool = False
+    max_body_mb: float = 64.0
+    cors_origins: tuple[str, ...] = ()
+    # Testing only: the next N pipeline calls of more than one image raise a fake CUDA out-of-memory error.
+    inject_oom: int = 0

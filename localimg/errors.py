@@ -51,6 +51,18 @@ class OverloadedError(LocalImgError):
         self.retry_after = retry_after
 
 
+class RequestTimeoutError(LocalImgError):
+    """The job did not finish within the server's request timeout; it is cancelled at its next step.
+
+    504 like a gateway timeout: the server, not the client, was too slow. Not retried by the SDKs (the service
+    sends `x-should-retry: false`): re-sending the same heavy job to a server that is already too slow only
+    makes the queue longer.
+    """
+
+    status = 504
+    type = "server_error"
+
+
 class HTTPStatusError(LocalImgError):
     """A protocol-level failure (unknown route, wrong method) with the status the HTTP layer chose."""
 

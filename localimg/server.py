@@ -3,19 +3,30 @@ concrete backends to the rest."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from localimg.api.app import create_app
 from localimg.config import Settings
 from localimg.registry import Registry
-from localimg.service.engine import Engine
+from localimg.request_context import RequestIdFilter
+from localimg.service.engine import Engine, EngineConfig
 from localimg.service.image_store import ImageStore
 from localimg.service.images import ImageService
 from localimg.service.transparency import TransparencyStage
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger("localimg")
+# Of a CUDA device's memory, the share the resident models' weights may take by default; the rest is left for
+# activations, which grow with image size and batch.
+DEFAULT_CUDA_WEIGHT_SHARE = 0.75
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -25,7 +36,7 @@ def load_registry(settings: Settings) -> Registry:
 
 def build_app(settings: Settings) -> FastAPI:
     # Imported here so that `localimg --help` and `localimg models` never import torch.
-    from localimg.backends.device import resolve_device
+    from localimg.backends.device import device_memory_bytes, resolve_device
     from localimg.backends.diffusers_backend import DiffusersBackend
     from localimg.backends.matting import load_matting
 
@@ -33,10 +44,57 @@ def build_app(settings: Settings) -> FastAPI:
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     backends = {spec.name: DiffusersBackend(spec, device) for spec in registry}
-    engine = Engine(backends, max_queue=settings.max_queue)
+    if settings.inject_oom:
+        from localimg.testing.faults import OomBudget, inject_oom
+
+        budget = OomBudget(settings.inject_oom)
+        backends = {name: inject_oom(backend, budget) for name, backend in backends.items()}
+    if settings.memory_budget_gb is not None:
+        memory_budget: int | None = int(settings.memory_budget_gb * 1e9)
+    else:
+        total = device_memory_bytes(device)
+        memory_budget = None if total is None else int(total * DEFAULT_CUDA_WEIGHT_SHARE)
+    engine = Engine(backends, config=engine_config(settings, memory_budget))
     transparency = TransparencyStage(load_matting(registry.matting, device))
     service = ImageService(registry, engine, ImageStore(ttl_s=settings.url_ttl_s), transparency=transparency)
     return create_app(settings, service, preload=preload_list(settings.preload, registry))
+
+
+def engine_config(settings: Settings, memory_budget_bytes: int | None) -> EngineConfig:
+    return EngineConfig(
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        batch_window_s=settings.batch_window_ms / 1000,
+        request_timeout_s=settings.request_timeout_s or None,
+        memory_budget_bytes=memory_budget_bytes,
+    )
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse settings that are unsafe or malformed before anything loads; ValueError with one clear line."""
+    from localimg.service.warmup import parse_sizes
+
+    if not settings.api_key_hashes and not settings.insecure and not _is_loopback(settings.host):
+        raise ValueError(
+            f"--host {settings.host} is reachable from other machines but no API key is configured; set "
+            "--api-key/--api-keys-file (LOCALIMG_API_KEY/LOCALIMG_API_KEYS_FILE), or pass --insecure "
+            "(LOCALIMG_INSECURE=1) to serve without keys"
+        )
+    for flag, value in (("--max-queue", settings.max_queue), ("--max-batch", settings.max_batch)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if settings.max_body_mb <= 0:
+        raise ValueError(f"--max-body-mb must be positive, got {settings.max_body_mb:g}")
+    parse_sizes(settings.warmup_sizes)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def preload_list(preload: tuple[str, ...], registry: Registry) -> list[str]:
@@ -58,6 +116,49 @@ def preload_list(preload: tuple[str, ...], registry: Registry) -> list[str]:
 def run(settings: Settings) -> None:
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_settings(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     app = build_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # RequestIdMiddleware logs each request with its id
+        timeout_graceful_shutdown=30,
+    )
+    _draining_server(config, app.state.service.engine, settings.drain_timeout_s).run()
+
+
+def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: float) -> uvicorn.Server:
+    """uvicorn's server, with a graceful SIGTERM/SIGINT: stop admission (new jobs get 503 and /ready turns 503
+    while the socket still accepts), let queued and running jobs finish for up to `drain_timeout_s`, fail what
+    is left with a 503 its client receives, then let uvicorn close connections and exit. A second SIGINT forces."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        draining_since: float | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.draining_since is None:
+                self.draining_since = time.monotonic()
+                engine.stop_admission()
+                log.info("signal %d: draining %d job(s) for up to %.0f s", sig, engine.in_flight, drain_timeout_s)
+            else:
+                super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.draining_since is not None and not self.should_exit:
+                if engine.in_flight == 0:
+                    self.should_exit = True
+                elif time.monotonic() - self.draining_since > drain_timeout_s:
+                    log.warning("drain timeout: failing %d unfinished job(s) with 503", engine.in_flight)
+                    engine.abort("The server is shutting down and could not finish this request in time.")
+                    self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)

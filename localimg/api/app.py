@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from localimg import __version__
-from localimg.api import edits, health, images, models
+from localimg import __version__, request_context
+from localimg.api import edits, health, images, metrics, models
+from localimg.api.auth import ApiKeyMiddleware
 from localimg.api.errors import install_error_handlers
+from localimg.api.limits import BodyLimitMiddleware
 from localimg.config import Settings
 from localimg.service.images import ImageService
+from localimg.service.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, service: ImageService, preload: list[str]) -> FastAPI:
-    """Build the app. `preload` models are loaded on the worker after start-up; /health answers 503 until then."""
+    """Build the app. `preload` models are loaded on the worker after start-up; /ready answers 503 until then."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,18 +47,36 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    # Added innermost first: the request id wraps everything, CORS answers preflights before the key check, and
+    # the key is checked before any body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mb * 1_000_000))
+    if settings.api_key_hashes:
+        app.add_middleware(ApiKeyMiddleware, hashes=settings.api_key_hashes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after", "retry-after-ms"],
+        )
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
 async def _preload(app: FastAPI, service: ImageService, names: list[str]) -> None:
     await service.engine.preload(names)
+    sizes = app.state.settings.warmup_sizes
+    if sizes:
+        await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
     app.state.ready = True
     log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (`x-request-id` on every response, and in the logs)."""
+    """Gives every request an id (`x-request-id` on every response, and in the logs), sets the request context
+    (request id; client = remote address, until an API key names it) and logs one line per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -64,11 +87,25 @@ class RequestIdMiddleware:
             return
         request_id = f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
+        request_context.request_id.set(request_id)
+        client = scope.get("client")
+        request_context.client_id.set(f"addr:{client[0]}" if client else "anonymous")
+        started = time.perf_counter()
+        status = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s status=%d ms=%.0f client=%s",
+                scope["method"], scope["path"], status, 1000 * (time.perf_counter() - started),
+                request_context.client_id.get(),
+            )  # fmt: skip

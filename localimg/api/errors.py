@@ -21,6 +21,7 @@ from localimg.errors import (
     LocalImgError,
     ModelUnavailableError,
     OverloadedError,
+    RequestTimeoutError,
 )
 from localimg.protocol import ErrorBody, ErrorResponse
 
@@ -51,8 +52,9 @@ def error_response(
         # Both spellings: the OpenAI SDKs read retry-after-ms first, other clients Retry-After.
         all_headers["retry-after"] = str(max(1, round(exc.retry_after)))
         all_headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
-    if isinstance(exc, ModelUnavailableError):
-        all_headers["x-should-retry"] = "false"  # missing weights do not appear within an SDK retry window
+    if isinstance(exc, (ModelUnavailableError, RequestTimeoutError)):
+        # Missing weights do not appear within an SDK retry window; a timed-out job re-sent only lengthens the queue.
+        all_headers["x-should-retry"] = "false"
     if request_id:
         all_headers["x-request-id"] = request_id
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=all_headers)

@@ -1,4 +1,6 @@
-"""GET /health: 200 once the preloaded models are loaded, 503 while they load."""
+"""GET /health: the process serves (always 200). GET /ready: 200 when the preloaded models are loaded and new
+work is admitted, 503 while loading or draining for shutdown (load balancers and Docker's healthcheck use it).
+Neither needs an API key."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    if request.app.state.ready:
-        return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "loading"}, status_code=503)
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    engine = request.app.state.service.engine
+    if not engine.accepting:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"retry-after": "1"})
+    if not request.app.state.ready:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"retry-after": "1"})
+    return JSONResponse({"status": "ready", "in_flight": engine.in_flight})

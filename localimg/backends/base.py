@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -107,6 +107,15 @@ class ImageBackend(Protocol):
 
     def unload(self) -> None:
         """Free the device memory this model holds."""
+
+
+@runtime_checkable
+class SizedBackend(Protocol):
+    """A backend that can tell how much device memory its loaded model holds (for the engine's memory budget)."""
+
+    def memory_bytes(self) -> int:
+        """Bytes of weights the loaded model keeps on its device (0 when not loaded)."""
+        ...
 
 
 class BackendFactory(Protocol):

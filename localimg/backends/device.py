@@ -95,6 +95,15 @@ def cuda_capability(device: DeviceInfo) -> tuple[int, int] | None:
     return major, minor
 
 
+def device_memory_bytes(device: DeviceInfo) -> int | None:
+    """Total memory of a CUDA device (None elsewhere: CPU and MPS share system memory)."""
+    if device.kind != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(torch_device(device)).total_memory)
+
+
 def torch_device(device: DeviceInfo) -> torch.device:
     """The torch device to move a pipeline to (a plain `DeviceInfo` means the current CUDA device)."""
     import torch

@@ -119,6 +119,14 @@ class DiffusersBackend:
         gc.collect()
         self._empty_cache()
 
+    def memory_bytes(self) -> int:
+        """Bytes of parameters and buffers the loaded pipeline holds (the engine's memory budget counts these)."""
+        if self._pipe is None:
+            return 0
+        modules = [c for c in self._pipe.components.values() if isinstance(c, torch.nn.Module)]
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _call(
         self,
         pipe: DiffusionPipeline,

@@ -1,8 +1,13 @@
-"""The engine: owns the device and runs generation jobs on it, one worker thread per device.
+"""The engine: owns the device and runs generation jobs on it, from one worker thread per device.
 
-Torch work runs on the worker thread, never on the event loop; the event loop only awaits futures. The
-queue is bounded: a job that would exceed it is refused at once with OverloadedError (HTTP 503 +
-Retry-After) rather than waiting unboundedly.
+Torch work runs on the worker thread, never on the event loop; the event loop only admits jobs and awaits their
+futures. Admission is bounded: past `max_queue` jobs queued or running, or while draining for shutdown, a job is
+refused at once with OverloadedError (HTTP 503 + Retry-After). The worker takes jobs from a `FairQueue`,
+merges compatible ones into one backend call (see scheduler.py for the batch key and fairness), and keeps the
+resident models within the memory budget (residency.py).
+
+Every admitted job ends in a result or an error its waiter receives: a failed batch fails each job in it, a
+timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with OverloadedError.
 """
 
 from __future__ import annotations
@@ -11,113 +16,281 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from localimg.errors import GenerationCancelled, ModelUnavailableError, OverloadedError
+from localimg import request_context
+from localimg.errors import (
+    GenerationCancelled,
+    LocalImgError,
+    ModelUnavailableError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+from localimg.service.metrics import EngineMetrics
+from localimg.service.residency import ModelResidency
+from localimg.service.scheduler import BatchProgress, FairQueue, GenerationResult, Job
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from localimg.backends.base import GenerationPlan, ImageBackend, StepCallback
 
-    from localimg.backends.base import GenerationPlan, ImageBackend, StepCallback, StepProgress
+__all__ = ["Engine", "EngineConfig", "GenerationResult"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class GenerationResult:
-    images: list[Image.Image]
-    prompt_tokens: int
-    seconds: float
+class EngineConfig:
+    max_queue: int = 64  # jobs queued or running before new ones are refused
+    max_batch: int = 8  # images per merged backend call
+    batch_window_s: float = 0.01  # how long the worker waits for compatible jobs; 0: no merging at all
+    request_timeout_s: float | None = None  # per job, from admission; None: no limit
+    memory_budget_bytes: int | None = None  # resident models' weights; None: no limit
+    retry_after_s: float = 1.0  # suggested to refused clients
 
 
 class Engine:
-    """Runs jobs for the models in `backends` on one device, in arrival order."""
+    """Runs jobs for the models in `backends` on one device."""
 
-    def __init__(self, backends: Mapping[str, ImageBackend], *, max_queue: int = 64) -> None:
-        self._backends = dict(backends)
-        self._max_queue = max_queue
-        self._in_flight = 0  # queued + running; touched only on the event loop
-        self._loaded: set[str] = set()
-        self._load_errors: dict[str, str] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localimg-worker")
+    def __init__(
+        self,
+        backends: Mapping[str, ImageBackend],
+        *,
+        max_queue: int = 64,
+        config: EngineConfig | None = None,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self.config = config if config is not None else EngineConfig(max_queue=max_queue)
+        self.metrics = metrics if metrics is not None else EngineMetrics()
+        self._residency = ModelResidency(backends, self.config.memory_budget_bytes, self.metrics)
+        self._in_flight = 0  # admitted and not yet answered; touched only on the event loop
+        self._accepting = True
+        self._cond = threading.Condition()
+        self._queue = FairQueue()  # guarded by _cond, like _control, _running and _closed
+        self._control: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._running: list[Job] = []
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="localimg-worker", daemon=True)
+        self._worker.start()
+
+    # --- event loop side ---
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def accepting(self) -> bool:
+        """Whether new jobs are admitted (False once draining for shutdown)."""
+        return self._accepting
+
     def is_loaded(self, model: str) -> bool:
-        return model in self._loaded
+        return self._residency.is_loaded(model)
 
     def load_error(self, model: str) -> str | None:
-        return self._load_errors.get(model)
+        return self._residency.load_error(model)
 
     async def preload(self, models: list[str]) -> None:
         """Load `models` on the worker, one after another. A model that fails is logged and remembered;
         requests for it get the same clear error later, and the others still load."""
         for name in models:
             try:
-                await self._submit(lambda name=name: self._ensure_loaded(name))
+                await asyncio.wrap_future(self._on_worker(lambda name=name: self._residency.acquire(name)))
             except ModelUnavailableError as exc:
                 log.error("model %s is unavailable: %s", name, exc.message)
 
-    async def generate(self, plan: GenerationPlan, on_step: StepCallback | None = None) -> GenerationResult:
-        """Run `plan`. If the awaiting task is cancelled (client gone), the job stops at its next step."""
-        cancelled = threading.Event()
+    async def generate(
+        self, plan: GenerationPlan, on_step: StepCallback | None = None, *, client: str | None = None
+    ) -> GenerationResult:
+        """Run `plan` for `client` (default: the current request's client, see request_context).
 
-        def step(progress: StepProgress) -> None:
-            if cancelled.is_set():
-                raise GenerationCancelled("The request was cancelled.", code="cancelled")
-            if on_step is not None:
-                on_step(progress)
-
-        try:
-            return await self._submit(lambda: self._run(plan, step))
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        for name in list(self._loaded):
-            self._backends[name].unload()
-        self._loaded.clear()
-
-    async def _submit(self, work: Callable[[], T]) -> T:
-        if self._in_flight >= self._max_queue:
-            raise OverloadedError(
-                f"The server is busy ({self._in_flight} jobs queued or running). Please retry shortly.",
-                retry_after=1.0,
-            )
+        If the awaiting task is cancelled (client gone) the job is dropped, and its backend call stops at the
+        next step once no other job shares it. Past the request timeout it raises RequestTimeoutError."""
+        self._admit(plan)
+        job = Job(
+            plan,
+            client if client is not None else request_context.client_id.get(),
+            on_step,
+            request_id=request_context.request_id.get(),
+        )
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            with self._cond:
+                self._queue.push(job)
+                self.metrics.waiting.set(len(self._queue))
+                self._cond.notify_all()
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(job.future), self.config.request_timeout_s)
+            except asyncio.TimeoutError:
+                self._cancel(job, "timeout")
+                raise RequestTimeoutError(
+                    f"The request did not finish within the server's timeout of {self.config.request_timeout_s:g} "
+                    "seconds and was cancelled. Try fewer images, a smaller size or a lower quality.",
+                    code="request_timeout",
+                ) from None
+            except asyncio.CancelledError:
+                self._cancel(job, "client")
+                raise
         finally:
             self._in_flight -= 1
 
+    def stop_admission(self) -> None:
+        """Refuse new jobs from now on (503); queued and running ones go on. The first step of a shutdown."""
+        if self._accepting:
+            log.info("admission stopped: draining %d job(s)", self._in_flight)
+        self._accepting = False
+
+    def abort(self, reason: str = "The server is shutting down.") -> None:
+        """Fail every queued and running job with a 503 now (their waiters get the error)."""
+        error = OverloadedError(f"{reason} Please retry.", code="server_shutting_down")
+        with self._cond:
+            jobs = self._queue.drain() + list(self._running)
+            self.metrics.waiting.set(0)
+        for job in jobs:
+            if job.settle(error=error):
+                self.metrics.cancelled.labels(job.plan.model, "shutdown").inc()
+            job.cancelled.set()
+
+    def close(self) -> None:
+        """Stop admission, fail what is left, stop the worker and unload every model. Blocks until done."""
+        self.stop_admission()
+        self.abort()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join()
+        self._residency.unload_all()
+
+    def _admit(self, plan: GenerationPlan) -> None:
+        if not self._accepting:
+            self.metrics.rejected.labels("shutting_down").inc()
+            raise OverloadedError(
+                "The server is shutting down and accepts no new requests. Please retry.",
+                retry_after=self.config.retry_after_s,
+                code="server_shutting_down",
+            )
+        if self._in_flight >= self.config.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise OverloadedError(
+                f"The server is busy ({self._in_flight} jobs queued or running). Please retry shortly.",
+                retry_after=self.config.retry_after_s,
+            )
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        job.cancelled.set()
+        with self._cond:
+            self._queue.discard(job)
+            self.metrics.waiting.set(len(self._queue))
+        self.metrics.cancelled.labels(job.plan.model, reason).inc()
+        log.info("job cancelled (%s)", reason, extra={"request_id": job.request_id})
+
+    def _on_worker(self, work: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._closed:
+                future.set_exception(OverloadedError("The server is shutting down.", code="server_shutting_down"))
+                return future
+            self._control.append((work, future))
+            self._cond.notify_all()
+        return future
+
     # --- worker thread ---
 
-    def _ensure_loaded(self, name: str) -> ImageBackend:
-        backend = self._backends[name]
-        if name not in self._loaded:
-            started = time.perf_counter()
-            try:
-                backend.load()
-            except ModelUnavailableError as exc:
-                self._load_errors[name] = exc.message
-                raise
-            self._load_errors.pop(name, None)
-            self._loaded.add(name)
-            log.info("model %s loaded in %.1f s", name, time.perf_counter() - started)
-        return backend
+    def _work(self) -> None:
+        while True:
+            control = None
+            batch: list[Job] = []
+            with self._cond:
+                while not (self._closed or self._control or len(self._queue)):
+                    self._cond.wait()
+                if self._control:
+                    control = self._control.popleft()
+                elif self._closed:
+                    return
+                else:
+                    batch = self._collect_batch()
+                    self._running = batch
+                    self.metrics.waiting.set(len(self._queue))
+            if control is not None:
+                work, future = control
+                try:
+                    future.set_result(work())
+                except BaseException as exc:  # noqa: BLE001 - delivered to the waiter
+                    future.set_exception(exc)
+                continue
+            if batch:
+                self._run_batch(batch)
+            with self._cond:
+                self._running = []
 
-    def _run(self, plan: GenerationPlan, step: StepCallback) -> GenerationResult:
-        backend = self._ensure_loaded(plan.model)
-        started = time.perf_counter()
-        # Counted here, on the worker: fast tokenizers are not safe to share across threads.
-        tokens = backend.count_tokens(plan.prompt)
-        images = backend.generate([plan], step)
-        return GenerationResult(images=images, prompt_tokens=tokens, seconds=time.perf_counter() - started)
+    def _collect_batch(self) -> list[Job]:
+        """With the lock held: the next job in turn, plus compatible ones arriving within the batch window."""
+        head = self._queue.pop_next()
+        if head is None:
+            return []
+        batch = [head]
+        window = self.config.batch_window_s
+        if window <= 0:
+            return batch
+        key = head.plan.batch_key
+        room = self.config.max_batch - head.plan.n
+        deadline = time.monotonic() + window
+        while room > 0:
+            more = self._queue.take_compatible(key, room)
+            batch += more
+            room -= sum(job.plan.n for job in more)
+            remaining = deadline - time.monotonic()
+            if room <= 0 or remaining <= 0 or self._closed:
+                break
+            self._cond.wait(remaining)
+        return batch
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        model = batch[0].plan.model
+        started = time.monotonic()
+        for job in batch:
+            self.metrics.queue_wait.labels(model).observe(started - job.enqueued_at)
+        fan_out = BatchProgress(batch)
+        images = sum(job.plan.n for job in batch)
+        self.metrics.running.set(len(batch))
+        log.info(
+            "batch model=%s jobs=%d images=%d requests=%s",
+            model, len(batch), images, ",".join(job.request_id for job in batch),
+        )  # fmt: skip
+        try:
+            fan_out.abort_if_all_cancelled()
+            backend = self._residency.acquire(model)
+            # Counted here, on the worker: fast tokenizers are not safe to share across threads.
+            tokens = [backend.count_tokens(job.plan.prompt) for job in batch]
+            self.metrics.backend_calls.labels(model).inc()
+            self.metrics.batch_images.observe(images)
+            self.metrics.batch_jobs.observe(len(batch))
+            flat = backend.generate([job.plan for job in batch], fan_out)
+        except GenerationCancelled:
+            return  # every job's waiter already has its answer (or is gone)
+        except BaseException as exc:  # noqa: BLE001 - one batch's failure goes to each of its jobs
+            self._fail(batch, exc)
+            return
+        finally:
+            self.metrics.running.set(0)
+        seconds = time.monotonic() - started
+        for job, job_images, job_tokens in zip(batch, fan_out.images_of(flat), tokens, strict=True):
+            if job.settle(GenerationResult(images=job_images, prompt_tokens=job_tokens, seconds=seconds)):
+                self.metrics.images.labels(model).inc(len(job_images))
+                self.metrics.latency.labels(model).observe(time.monotonic() - job.enqueued_at)
+
+    def _fail(self, batch: list[Job], exc: BaseException) -> None:
+        code = exc.code if isinstance(exc, LocalImgError) and exc.code else type(exc).__name__
+        model = batch[0].plan.model
+        if isinstance(exc, LocalImgError):
+            log.warning("batch failed: %s", exc.message)
+        else:
+            log.error("batch failed", exc_info=exc)
+        if code == "out_of_memory":
+            self.metrics.oom.labels(model).inc()
+        for job in batch:
+            if job.settle(error=exc):
+                self.metrics.errors.labels(model, code).inc()

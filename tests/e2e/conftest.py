@@ -41,7 +41,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.root}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.root}/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

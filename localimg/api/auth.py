@@ -1,0 +1,91 @@
+"""Optional API keys: `Authorization: Bearer <key>` on every route but /health and /ready.
+
+Keys are kept only as sha256 digests and compared in constant time against every configured digest, so neither
+the keys nor, through timing, their prefixes leak. A keys file holds one key per line (`#` comments); a line
+`sha256:<hex>` is taken as an already hashed key, so the file need not hold secrets in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from localimg import request_context
+from localimg.api.errors import error_response
+from localimg.errors import AuthenticationError
+
+OPEN_PATHS = frozenset({"/health", "/ready"})
+_HASH_PREFIX = "sha256:"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_hashes(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...]:
+    """The digests of the keys given on the command line and in `keys_file`. Raises ValueError on a bad file."""
+    hashes = [hash_key(key) for key in keys if key]
+    if keys_file is not None:
+        try:
+            lines = keys_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--api-keys-file: cannot read {keys_file}: {exc.strerror}") from exc
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(_HASH_PREFIX):
+                digest = line.removeprefix(_HASH_PREFIX).lower()
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise ValueError(f"--api-keys-file: {keys_file} line {number}: not a sha256 hex digest")
+                hashes.append(digest)
+            else:
+                hashes.append(hash_key(line))
+    return tuple(dict.fromkeys(hashes))
+
+
+class ApiKeyMiddleware:
+    """Answers 401 `invalid_api_key` (OpenAI's envelope) unless the request carries an accepted key."""
+
+    def __init__(self, app: ASGIApp, hashes: tuple[str, ...]) -> None:
+        self.app = app
+        self._hashes = tuple(bytes.fromhex(h) for h in hashes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        key = _bearer(scope)
+        digest = hashlib.sha256(key.encode()).digest() if key else None
+        if digest is None or not self._accepted(digest):
+            shown = f": {key[:3]}...{key[-4:]}" if key and len(key) > 8 else ""
+            message = (
+                f"Incorrect API key provided{shown}. Pass one of this server's keys as `Authorization: Bearer <key>`."
+                if key
+                else "You didn't provide an API key. Pass it as `Authorization: Bearer <key>`."
+            )
+            error = AuthenticationError(message, code="invalid_api_key")
+            request_id = scope.get("state", {}).get("request_id")
+            await error_response(error, request_id, headers={"www-authenticate": "Bearer"})(scope, receive, send)
+            return
+        request_context.client_id.set(f"key:{digest.hex()[:12]}")
+        await self.app(scope, receive, send)
+
+    def _accepted(self, digest: bytes) -> bool:
+        # No early exit: the time taken does not depend on which (if any) key matched.
+        matched = False
+        for accepted in self._hashes:
+            matched |= hmac.compare_digest(digest, accepted)
+        return matched
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None

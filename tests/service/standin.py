@@ -1,0 +1,83 @@
+"""A Protocol-conforming stand-in backend, only for testing the engine's queueing, batching and cancellation.
+
+Image i of a call is a solid colour derived from its seed, so a test can tell which request got which image.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from PIL import Image
+
+from localimg.backends.base import GenerationPlan, StepCallback, StepProgress
+from localimg.errors import GenerationError
+
+
+def colour(seed: int) -> tuple[int, int, int]:
+    return (seed % 256, (seed // 256) % 256, 7)
+
+
+@dataclass
+class StandInBackend:
+    name: str = "m"
+    size_bytes: int = 1
+    steps: int = 3
+    fail_with: Exception | None = None
+    # When set, the first call pauses after its first step until `release` is set (the test acts meanwhile).
+    hold: bool = False
+    calls: list[list[GenerationPlan]] = field(default_factory=list)
+    aborted: list[BaseException] = field(default_factory=list)
+    loads: int = 0
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    loaded: bool = False
+
+    def __post_init__(self) -> None:
+        self.spec = SimpleNamespace(name=self.name, max_batch=64)
+
+    def load(self) -> None:
+        self.loads += 1
+        self.loaded = True
+
+    def unload(self) -> None:
+        self.loaded = False
+
+    def memory_bytes(self) -> int:
+        return self.size_bytes if self.loaded else 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:
+        assert self.loaded
+        assert len({plan.batch_key for plan in batch}) == 1, "the engine merged incompatible plans"
+        self.calls.append(list(batch))
+        seeds = [seed for plan in batch for seed in plan.seeds]
+        width, height = batch[0].width, batch[0].height
+        images = [Image.new("RGB", (width, height), colour(seed)) for seed in seeds]
+        try:
+            for step in range(1, self.steps + 1):
+                if on_step is not None:
+                    on_step(StepProgress(step, self.steps, range(len(seeds)), lambda: list(images)))
+                if step == 1 and self.hold and len(self.calls) == 1:
+                    self.started.set()
+                    assert self.release.wait(10), "the test never released the held call"
+        except BaseException as exc:
+            self.aborted.append(exc)
+            raise
+        if self.fail_with is not None:
+            raise self.fail_with
+        return images
+
+
+def plan(seed: int, *, model: str = "m", n: int = 1, width: int = 8, prompt: str = "a b") -> GenerationPlan:
+    return GenerationPlan(
+        model=model, prompt=prompt, width=width, height=8, steps=3, guidance_scale=1.0,
+        seeds=tuple(range(seed, seed + n)),
+    )  # fmt: skip
+
+
+__all__ = ["GenerationError", "StandInBackend", "colour", "plan"]

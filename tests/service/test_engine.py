@@ -1,0 +1,279 @@
+"""The engine's queueing, micro-batching, fairness, cancellation, overload and memory budget, with a stand-in
+backend (tests/service/standin.py). Each test runs its own event loop and closes its engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from localimg.backends.base import StepProgress
+from localimg.errors import GenerationError, OverloadedError, RequestTimeoutError
+from localimg.service.engine import Engine, EngineConfig
+from localimg.service.scheduler import GenerationResult
+from tests.service.standin import StandInBackend, colour, plan
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def engine_for(*backends: StandInBackend, **config: object) -> Engine:
+    return Engine({b.name: b for b in backends}, config=EngineConfig(**config))  # type: ignore[arg-type]
+
+
+async def held(engine: Engine, backend: StandInBackend, client: str = "blocker") -> asyncio.Task[GenerationResult]:
+    """Start a job that keeps the worker busy until `backend.release` is set."""
+    backend.hold = True
+    task = asyncio.create_task(engine.generate(plan(9000, width=16), client=client))
+    assert await asyncio.to_thread(backend.started.wait, 5)
+    return task
+
+
+def pixel(result: GenerationResult, i: int = 0) -> tuple[int, int, int]:
+    return result.images[i].getpixel((0, 0))  # type: ignore[return-value]
+
+
+def test_compatible_jobs_are_merged_into_one_backend_call():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.01, max_batch=8)
+
+    async def test() -> None:
+        blocker = await held(engine, backend)
+        tasks = [asyncio.create_task(engine.generate(plan(100 + 10 * i), client=f"c{i}")) for i in range(4)]
+        odd = asyncio.create_task(engine.generate(plan(500, width=24), client="c9"))
+        await asyncio.sleep(0.05)  # let every job reach the queue before the worker is released
+        backend.release.set()
+        results = await asyncio.gather(blocker, *tasks, odd)
+        for i, result in enumerate(results[1:5]):
+            assert [pixel(result)] == [colour(100 + 10 * i)] and result.prompt_tokens == 2
+        assert pixel(results[5]) == colour(500) and results[5].images[0].size == (24, 8)
+        assert [len(call) for call in backend.calls] == [1, 4, 1]
+        assert engine.metrics.registry.get_sample_value("localimg_backend_calls_total", {"model": "m"}) == 3
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+
+
+def test_window_zero_disables_merging_and_max_batch_counts_images():
+    for window, max_batch, expected in [(0.0, 8, [1, 1, 1, 1]), (0.01, 6, [1, 2, 1])]:
+        backend = StandInBackend()
+        engine = engine_for(backend, batch_window_s=window, max_batch=max_batch)
+
+        async def test(backend: StandInBackend = backend, engine: Engine = engine) -> None:
+            blocker = await held(engine, backend)
+            tasks = [asyncio.create_task(engine.generate(plan(10 * i, n=3), client=f"c{i}")) for i in range(3)]
+            await asyncio.sleep(0.05)
+            backend.release.set()
+            results = await asyncio.gather(blocker, *tasks)
+            assert [[pixel(r, j) for j in range(3)] for r in results[1:]] == [
+                [colour(10 * i + j) for j in range(3)] for i in range(3)
+            ]
+
+        try:
+            run(test)
+        finally:
+            engine.close()
+        assert [len(call) for call in backend.calls] == expected
+
+
+def test_clients_are_served_round_robin():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.0)
+
+    async def test() -> None:
+        blocker = await held(engine, backend, client="greedy")
+        # Different widths: nothing merges, so the call order is the scheduling order.
+        greedy = [asyncio.create_task(engine.generate(plan(i, width=8 * (i + 1)), client="greedy")) for i in range(4)]
+        await asyncio.sleep(0.02)
+        polite = asyncio.create_task(engine.generate(plan(100, n=1), client="polite"))
+        await asyncio.sleep(0.02)
+        backend.release.set()
+        await asyncio.gather(blocker, *greedy, polite)
+        order = [call[0].seeds[0] for call in backend.calls[1:]]
+        assert order.index(100) <= 1, f"the second client waited behind more than one greedy job: {order}"
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+
+
+def test_step_progress_is_rebased_per_request():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.01)
+    seen: dict[str, list[tuple[range, list[tuple[int, int, int]]]]] = {"a": [], "b": []}
+
+    def recorder(name: str) -> Callable[[StepProgress], None]:
+        def on_step(progress: StepProgress) -> None:
+            seen[name].append((progress.images, [im.getpixel((0, 0)) for im in progress.preview()]))
+
+        return on_step
+
+    async def test() -> None:
+        blocker = await held(engine, backend)
+        a = asyncio.create_task(engine.generate(plan(10, n=2), recorder("a"), client="a"))
+        b = asyncio.create_task(engine.generate(plan(20, n=1), recorder("b"), client="b"))
+        await asyncio.sleep(0.05)
+        backend.release.set()
+        await asyncio.gather(blocker, a, b)
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert [len(call) for call in backend.calls] == [1, 2]
+    assert seen["a"] == [(range(0, 2), [colour(10), colour(11)])] * 3
+    assert seen["b"] == [(range(0, 1), [colour(20)])] * 3
+
+
+def test_cancelling_one_request_keeps_the_batch_cancelling_all_aborts_it():
+    backend = StandInBackend(steps=4)
+    engine = engine_for(backend, batch_window_s=0.05)
+
+    async def test() -> None:
+        backend.hold = True
+        first = asyncio.create_task(engine.generate(plan(1), client="a"))
+        second = asyncio.create_task(engine.generate(plan(2), client="b"))
+        assert await asyncio.to_thread(backend.started.wait, 5)
+        assert [len(call) for call in backend.calls] == [2]
+        first.cancel()
+        await asyncio.sleep(0.02)
+        backend.release.set()
+        assert pixel(await second) == colour(2)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert backend.aborted == []
+
+        # Now both requests of a merged call go away: the call stops at its next step.
+        backend.started.clear()
+        backend.release.clear()
+        backend.calls.clear()
+        third = asyncio.create_task(engine.generate(plan(3), client="a"))
+        fourth = asyncio.create_task(engine.generate(plan(4), client="b"))
+        assert await asyncio.to_thread(backend.started.wait, 5)
+        third.cancel()
+        fourth.cancel()
+        await asyncio.sleep(0.02)
+        backend.release.set()
+        await asyncio.gather(third, fourth, return_exceptions=True)
+        while not backend.aborted:
+            await asyncio.sleep(0.01)
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert len(backend.aborted) == 1 and "cancelled" in str(backend.aborted[0])
+    assert engine.metrics.registry.get_sample_value("localimg_cancelled_total", {"model": "m", "reason": "client"}) == 3
+
+
+def test_full_queue_is_refused_with_retry_after():
+    backend = StandInBackend()
+    engine = engine_for(backend, max_queue=2, batch_window_s=0.0)
+
+    async def test() -> None:
+        blocker = await held(engine, backend)
+        queued = asyncio.create_task(engine.generate(plan(1)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError) as info:
+            await engine.generate(plan(2))
+        assert info.value.status == 503 and info.value.retry_after > 0
+        backend.release.set()
+        await asyncio.gather(blocker, queued)
+        assert len((await engine.generate(plan(3))).images) == 1  # room again
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+
+
+def test_timeout_answers_and_cancels_the_job():
+    backend = StandInBackend(steps=3)
+    engine = engine_for(backend, request_timeout_s=0.2)
+
+    async def test() -> None:
+        backend.hold = True
+        with pytest.raises(RequestTimeoutError) as info:
+            await engine.generate(plan(1))
+        assert info.value.status == 504 and info.value.code == "request_timeout"
+        backend.release.set()
+        while not backend.aborted:
+            await asyncio.sleep(0.01)
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert "cancelled" in str(backend.aborted[0])
+
+
+def test_an_error_in_a_batched_call_goes_to_every_request():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.05)
+
+    async def test() -> None:
+        backend.fail_with = GenerationError("boom", code="out_of_memory")
+        results = await asyncio.gather(
+            *(engine.generate(plan(i), client=f"c{i}") for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, GenerationError) and r.message == "boom" for r in results)
+        assert len(backend.calls) == 1
+        backend.fail_with = None
+        assert len((await engine.generate(plan(7))).images) == 1  # the engine keeps serving
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert engine.metrics.registry.get_sample_value("localimg_oom_errors_total", {"model": "m"}) == 1
+    assert (
+        engine.metrics.registry.get_sample_value("localimg_errors_total", {"model": "m", "code": "out_of_memory"}) == 3
+    )
+
+
+def test_shutdown_refuses_new_jobs_and_answers_queued_ones():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.0)
+
+    async def test() -> None:
+        blocker = await held(engine, backend)
+        queued = asyncio.create_task(engine.generate(plan(1, width=16)))
+        await asyncio.sleep(0.01)
+        engine.stop_admission()
+        assert not engine.accepting
+        with pytest.raises(OverloadedError) as info:
+            await engine.generate(plan(2))
+        assert info.value.code == "server_shutting_down"
+        await asyncio.to_thread(engine.abort)
+        backend.release.set()
+        for task in (blocker, queued):
+            with pytest.raises(OverloadedError):
+                await task
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+
+
+def test_least_recently_used_model_is_unloaded_to_fit_the_budget():
+    a, b, c = (StandInBackend(name=name, size_bytes=10) for name in "abc")
+    engine = engine_for(a, b, c, memory_budget_bytes=25)
+
+    async def test() -> None:
+        await engine.preload(["a", "b"])
+        assert engine.is_loaded("a") and engine.is_loaded("b")
+        await engine.generate(plan(1, model="a"))  # a is now the most recently used
+        await engine.generate(plan(2, model="c"))
+        assert engine.is_loaded("a") and engine.is_loaded("c") and not engine.is_loaded("b")
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert engine.metrics.registry.get_sample_value("localimg_model_evictions_total", {"model": "b"}) == 1
