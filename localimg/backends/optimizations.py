@@ -66,8 +66,8 @@ class OptimizationPlan:
     warmup_sizes: tuple[ImageSize, ...]
 
     def describe(self) -> str:
-        on = [name for name in ("compile", "compile_vae", "cuda_graphs", "fuse_qkv", "channels_last", "sync_free", "fp8")
-              if getattr(self, name)]  # fmt: skip
+        flags = ("compile", "compile_vae", "cuda_graphs", "fuse_qkv", "channels_last", "sync_free", "fp8")
+        on = [name for name in flags if getattr(self, name)]
         extra = [f"attention={self.attention}", f"prompt_cache={self.prompt_cache}", f"step_cache={self.step_cache}"]
         return ", ".join([*on, *extra])
 
