@@ -13,6 +13,7 @@ from localimg.backends.base import StepProgress
 from localimg.backends.device import choose_dtype, cuda_capability, torch_device, torch_dtype
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
+from localimg.backends.optimizations import optimize_pipeline, warm_up
 from localimg.backends.previews import DenoisingTap, decode_preview
 from localimg.errors import GenerationError, ModelUnavailableError
 
@@ -62,7 +63,9 @@ class DiffusersBackend:
             ) from exc
         self.adapter.prepare(pipe, self.dtype)
         pipe.set_progress_bar_config(disable=True)
+        self.optimizations = optimize_pipeline(pipe, self.spec, self.device, self.dtype)
         self._pipe = pipe
+        warm_up(self.generate, self.spec, self.optimizations.warmup_sizes)
         logger.info("model %s ready on %s (%s, %s)", self.spec.name, self.device.name, self.device.kind, self.dtype)
 
     def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:

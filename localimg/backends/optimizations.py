@@ -1,0 +1,322 @@
+"""Speed options for a loaded diffusers pipeline, from a model's `[models.NAME.optimize]` table.
+
+`resolve_optimizations` (pure) turns the table into concrete on/off decisions for one device and family;
+`optimize_pipeline` applies them once, right after loading; `warm_up` runs the served sizes through the pipeline
+so compilation never lands on a user's request. Lossless options are on by default on CUDA (same seed, same
+image within bf16 rounding); lossy ones (fp8 GEMMs, step caching) only with `preset = "fast"` or explicitly.
+On CPU and MPS only the prompt-embedding cache is on by default: compiling there costs more than it gives.
+
+Two choices are process-wide in torch, not per model: the SDPA backend priority and the compile cache folder.
+One server runs one device, so the last model loaded decides; `set_sdpa_priority("default")` restores torch's.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from localimg.backends.base import GenerationPlan
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from localimg.backends.base import DeviceInfo
+    from localimg.registry import ImageSize, ModelSpec, OptimizeSettings
+
+logger = logging.getLogger(__name__)
+
+UNET_FAMILIES = ("sd15", "sdxl")
+# torch's own order, captured before anything changes it, so "default" can put it back.
+DEFAULT_SDPA_PRIORITY: list[int] = list(torch._C._get_sdp_priority_order())
+_SDPA_BACKENDS = {
+    "cudnn": torch.nn.attention.SDPBackend.CUDNN_ATTENTION,
+    "flash": torch.nn.attention.SDPBackend.FLASH_ATTENTION,
+    "efficient": torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION,
+    "math": torch.nn.attention.SDPBackend.MATH,
+}
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class OptimizationPlan:
+    """What is (to be) applied to one pipeline; every "auto" decided."""
+
+    attention: str  # "default" or a key of _SDPA_BACKENDS
+    attention_dispatch: str | None
+    compile: bool
+    compile_vae: bool
+    compile_dynamic: bool | None
+    cuda_graphs: bool
+    fuse_qkv: bool
+    channels_last: bool
+    sync_free: bool
+    prompt_cache: int
+    fp8: bool
+    step_cache: str
+    step_cache_threshold: float
+    warmup_sizes: tuple[ImageSize, ...]
+
+    def describe(self) -> str:
+        flags = ("compile", "compile_vae", "cuda_graphs", "fuse_qkv", "channels_last", "sync_free", "fp8")
+        on = [name for name in flags if getattr(self, name)]
+        extra = [f"attention={self.attention}", f"prompt_cache={self.prompt_cache}", f"step_cache={self.step_cache}"]
+        return ", ".join([*on, *extra])
+
+
+def resolve_optimizations(
+    settings: OptimizeSettings,
+    family: str,
+    device_kind: str,
+    capability: tuple[int, int] | None,
+    default_size: ImageSize,
+) -> OptimizationPlan:
+    """Decide every "auto" option for `family` on `device_kind` (pure; no torch work)."""
+    cuda = device_kind == "cuda"
+    lossless = settings.preset != "off" and cuda
+    fast = settings.preset == "fast" and cuda
+    unet = family in UNET_FAMILIES
+
+    def pick(value: bool | None, auto: bool) -> bool:
+        return auto if value is None else value
+
+    hopper = capability is not None and capability >= (9, 0)
+    attention = settings.attention
+    if attention == "auto":
+        # cuDNN attention is ~2x FlashAttention-2 at FLUX shapes on Hopper, but slower on SDXL's short sequences.
+        attention = "cudnn" if lossless and hopper and not unet else "default"
+    compile_ = pick(settings.compile, lossless)
+    compile_vae = pick(settings.compile_vae, lossless)
+    cuda_graphs = pick(settings.cuda_graphs, lossless and unet) and compile_ and unet
+    fp8_capable = cuda and capability is not None and capability >= (8, 9)
+    fp8 = pick(settings.fp8, fast)
+    if fp8 and not fp8_capable:
+        logger.warning("optimize.fp8 needs a CUDA GPU of compute capability 8.9+ (Ada/Hopper); not applied")
+        fp8 = False
+    step_cache = settings.step_cache or ("first_block" if fast and not unet else "off")
+    warmup = settings.warmup_sizes
+    if warmup is None:
+        warmup = (default_size,) if compile_ or compile_vae else ()
+    return OptimizationPlan(
+        attention=attention,
+        attention_dispatch=settings.attention_dispatch,
+        compile=compile_,
+        compile_vae=compile_vae,
+        compile_dynamic=settings.compile_dynamic,
+        cuda_graphs=cuda_graphs,
+        fuse_qkv=pick(settings.fuse_qkv, lossless),
+        channels_last=pick(settings.channels_last, lossless),
+        sync_free=pick(settings.sync_free, lossless),
+        prompt_cache=settings.prompt_cache if settings.preset != "off" else 0,
+        fp8=fp8,
+        step_cache=step_cache,
+        step_cache_threshold=settings.step_cache_threshold,
+        warmup_sizes=tuple(warmup),
+    )
+
+
+def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceInfo, dtype: str) -> OptimizationPlan:
+    """Apply `spec.optimize` to a pipeline already on `device`; returns what was applied."""
+    from localimg.backends.device import cuda_capability
+
+    plan = resolve_optimizations(spec.optimize, spec.family, device.kind, cuda_capability(device), spec.default_size)
+    denoiser = _denoiser(pipe)
+    if plan.fuse_qkv:
+        plan = replace(plan, fuse_qkv=_fuse_qkv(pipe))
+    if plan.channels_last:
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    set_sdpa_priority(plan.attention)
+    if plan.attention_dispatch is not None:
+        if not hasattr(denoiser, "set_attention_backend"):
+            raise ValueError(f"{type(denoiser).__name__} has no diffusers attention dispatcher")
+        denoiser.set_attention_backend(plan.attention_dispatch)
+    if plan.fp8:
+        plan = replace(plan, fp8=_quantize_fp8(denoiser))
+    if plan.step_cache != "off":
+        denoiser.enable_cache(_step_cache_config(plan))
+    if plan.sync_free:
+        _start_schedules_at_zero(pipe)
+    if plan.prompt_cache > 0:
+        pipe.encode_prompt = PromptEmbeddingCache(pipe.encode_prompt, plan.prompt_cache)
+    if plan.compile or plan.compile_vae:
+        _compile(pipe, plan, spec)
+    logger.info("model %s optimizations (%s, %s): %s", spec.name, device.kind, dtype, plan.describe())
+    return plan
+
+
+def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, sizes: tuple[ImageSize, ...]) -> float:
+    """Run every served size once per distinct quality preset shape (guidance on/off, text length), so that
+    compilation and CUDA-graph capture happen now rather than on a request. Returns the seconds it took."""
+    started = time.perf_counter()
+    shapes = {(preset.guidance, preset.max_sequence_length) for preset in spec.quality.values()}
+    for size in sizes:
+        for guidance, max_sequence_length in sorted(shapes, key=str):
+            generate([GenerationPlan(
+                model=spec.name, prompt="warm-up", width=size.width, height=size.height, steps=WARMUP_STEPS,
+                guidance_scale=guidance, seeds=(0,), max_sequence_length=max_sequence_length,
+            )])  # fmt: skip
+    seconds = time.perf_counter() - started
+    if sizes:
+        logger.info("model %s warmed up %s in %.1f s", spec.name, ", ".join(map(str, sizes)), seconds)
+    return seconds
+
+
+def set_sdpa_priority(choice: str) -> None:
+    """Put one SDPA backend first in torch's (process-wide) priority order; "default" restores torch's order."""
+    if choice == "default":
+        torch._C._set_sdp_priority_order(DEFAULT_SDPA_PRIORITY)
+        return
+    first = int(_SDPA_BACKENDS[choice])
+    torch._C._set_sdp_priority_order([first, *(b for b in DEFAULT_SDPA_PRIORITY if b != first)])
+
+
+class PromptEmbeddingCache:
+    """An LRU cache in front of a pipeline's `encode_prompt`: the same prompt arguments return the same
+    embeddings (text encoders are deterministic in eval mode), so the results are unchanged. Calls passing
+    tensors (precomputed embeddings) bypass it. Returns copies, so a pipeline may modify what it gets."""
+
+    def __init__(self, encode: Callable[..., Any], size: int) -> None:
+        self._encode = encode
+        self._signature = inspect.signature(encode)
+        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self._key(args, kwargs)
+        if key is None:
+            return self._encode(*args, **kwargs)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return _copy(self._entries[key])
+        self.misses += 1
+        result = self._encode(*args, **kwargs)
+        self._entries[key] = _copy(result)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return result
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        try:
+            return tuple((name, _freeze(value)) for name, value in bound.arguments.items())
+        except TypeError:
+            return None
+
+
+def _freeze(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, (torch.device, torch.dtype)):
+        return str(value)
+    raise TypeError(f"not cacheable: {type(value).__name__}")
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_copy(item) for item in value)
+    return value
+
+
+def _denoiser(pipe: DiffusionPipeline) -> Any:
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def _fuse_qkv(pipe: DiffusionPipeline) -> bool:
+    fused = False
+    for name in ("transformer", "unet", "vae"):
+        module = getattr(pipe, name, None)
+        if module is None or not hasattr(module, "fuse_qkv_projections"):
+            continue
+        try:
+            module.fuse_qkv_projections()
+            fused = True
+        except ValueError as exc:  # e.g. added KV projections, which diffusers cannot fuse
+            logger.warning("fuse_qkv skipped for %s: %s", name, exc)
+    return fused
+
+
+def _start_schedules_at_zero(pipe: DiffusionPipeline) -> None:
+    # Without a begin index, the scheduler's first step looks its timestep up in the schedule with nonzero(),
+    # a device sync. FLUX and SDXL set it themselves; SD 1.5 and SD3 do not. img2img pipelines set their own
+    # begin index after set_timesteps, which still wins.
+    scheduler = pipe.scheduler
+    if not hasattr(scheduler, "set_begin_index"):
+        return
+    original = scheduler.set_timesteps
+
+    # wraps(): pipelines inspect set_timesteps' signature (does it take `sigmas`?), and inspect follows __wrapped__.
+    @functools.wraps(original)
+    def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        scheduler.set_begin_index(0)
+        return result
+
+    scheduler.set_timesteps = set_timesteps
+
+
+def _quantize_fp8(module: Any) -> bool:
+    try:
+        from torchao.quantization import quantize_
+    except ImportError:
+        logger.warning("optimize.fp8 needs torchao (pip install torchao); not applied")
+        return False
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    except ImportError:  # older torchao
+        from torchao.quantization import float8_dynamic_activation_float8_weight
+
+        config = float8_dynamic_activation_float8_weight()
+    quantize_(module, config)
+    return True
+
+
+def _step_cache_config(plan: OptimizationPlan) -> Any:
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if plan.step_cache == "first_block":
+        return FirstBlockCacheConfig(threshold=plan.step_cache_threshold)
+    return TaylorSeerCacheConfig()
+
+
+def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -> None:
+    import torch._dynamo
+    import torch._inductor.config
+
+    cache = spec.optimize.compile_cache_dir
+    if cache is not None:
+        # torch reads these when it first compiles; an operator's own environment wins.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    torch._inductor.config.fx_graph_cache = True
+    # Each served size and batch shape is one compiled variant; the default limit (8) is low for a server.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    if plan.compile:
+        denoiser = _denoiser(pipe)
+        if spec.family in UNET_FAMILIES:
+            # A UNet step is many small kernels: CUDA graphs ("reduce-overhead") remove the launch gaps.
+            denoiser.compile(mode="reduce-overhead" if plan.cuda_graphs else None, dynamic=plan.compile_dynamic)
+        else:
+            denoiser.compile_repeated_blocks(fullgraph=True, dynamic=plan.compile_dynamic)
+    if plan.compile_vae:
+        pipe.vae.decoder.compile(dynamic=plan.compile_dynamic)

@@ -1,0 +1,536 @@
+"""Benchmark: plain diffusers next to localimg's engine and localimg end to end over HTTP, same device, same run.
+
+GPU (full-size random-weight models, built on the GPU from the published configs, saved as diffusers folders and
+registered in a temporary models.toml, so localimg loads them like a user's model):
+
+    python scripts/bench.py --models flux-dev,sdxl --out bench.json
+
+CPU smoke run with the tiny models (same code path, a few seconds; MFU and peak memory are null there):
+
+    python scripts/bench.py --tiny --out bench-tiny.json
+
+Per model, in order: (1) plain diffusers, the pipeline called the way its docs show, bf16 on CUDA (the in-memory
+pipeline that was just built, or `from_pretrained` of the folder); (2) localimg's Engine + DiffusersBackend loaded
+through models.toml with its optimizations (load time includes the warm-up of the benchmark size); (3)
+`localimg serve` in a fresh process called with the openai SDK: cold start to the first image (the compile cache
+on disk is warm from step 2), sequential latency, then a concurrency run. Stages free the device in between.
+`--ablate` adds one engine run per optimization toggled (see VARIANTS). Median of `--repeats` after `--warmup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import gc
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+PROMPT = "a lighthouse on a rocky island at dawn, oil painting, dramatic sky"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model as benchmarked: what it is, and the request every stage makes."""
+
+    name: str
+    family: str
+    arch: str | None  # localimg.testing.flops architecture; None: no FLOP model (tiny)
+    size: int
+    steps: int
+    guidance: float
+    max_sequence_length: int | None
+    cfg: bool  # the pipeline runs classifier-free guidance (two denoiser passes per step)
+
+
+FULL_CASES = {
+    "flux-dev": Case("flux-dev", "flux", "flux", 1024, 28, 3.5, 512, cfg=False),
+    "flux-schnell": Case("flux-schnell", "flux", "flux", 1024, 4, 0.0, 256, cfg=False),
+    "sdxl": Case("sdxl", "sdxl", "sdxl", 1024, 30, 5.0, None, cfg=True),
+    "sd15": Case("sd15", "sd15", "sd15", 512, 25, 7.5, None, cfg=True),
+    "sd35-medium": Case("sd35-medium", "sd3", "sd3.5-medium", 1024, 28, 4.5, 256, cfg=True),
+    "sd35-large": Case("sd35-large", "sd3", "sd3.5-large", 1024, 28, 3.5, 256, cfg=True),
+}
+TINY_CASES = {
+    "tiny-flux": Case("tiny-flux", "flux", None, 128, 2, 3.5, 64, cfg=False),
+    "tiny-sd15": Case("tiny-sd15", "sd15", None, 128, 2, 7.5, None, cfg=True),
+    "tiny-sdxl": Case("tiny-sdxl", "sdxl", None, 128, 2, 5.0, None, cfg=True),
+    "tiny-sd3": Case("tiny-sd3", "sd3", None, 128, 2, 4.5, 64, cfg=True),
+}
+# --ablate: engine variants, each an override of the model's [optimize] table. "off" is localimg with nothing
+# applied (its overhead over plain diffusers); "-X" is the default with X turned off; "fast" adds the lossy ones.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {"preset": "off"},
+    "-attention": {"attention": "default"},
+    "-compile": {"compile": False},
+    "-compile_vae": {"compile_vae": False},
+    "-fuse_qkv": {"fuse_qkv": False},
+    "-channels_last": {"channels_last": False},
+    "-sync_free": {"sync_free": False},
+    "-prompt_cache": {"prompt_cache": 0},
+    "-cuda_graphs": {"cuda_graphs": False},
+    "fast": {"preset": "fast"},
+}
+ROW_FIELDS = (
+    "model", "family", "size", "steps", "plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http",
+    "http_overhead", "steps_per_s", "flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
+    "peak_mem_engine_gb", "load_s", "cold_start_s", "ready_s", "optimizations", "concurrency", "ablations", "samples",
+)  # fmt: skip
+CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from localimg.backends.device import resolve_device
+
+    device = resolve_device("cpu" if args.tiny else args.device)
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cases = TINY_CASES if args.tiny else FULL_CASES
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list(cases)
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        print(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(cases)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in names:
+        case = cases[name]
+        print(f"== {name}", flush=True)
+        rows.append(bench_model(case, args, device, work))
+        gc.collect()
+        if device.kind == "cuda":
+            torch.cuda.empty_cache()
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device.name,
+        "device_kind": device.kind,
+        "host": platform.node(),
+        "versions": {pkg: package_version(pkg) for pkg in ("torch", "diffusers", "transformers", "openai")},
+        "tiny": args.tiny,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "rows": rows,
+    }
+    print_table(report)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke run, not a measurement)")
+    parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing, per stage")
+    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N (ignored with --tiny)")
+    parser.add_argument("--work-dir", default=str(REPO_ROOT / ".bench"), help="model folders, caches, logs")
+    parser.add_argument("--out", default="", help="write the JSON report here")
+    parser.add_argument("--ablate", action="store_true", help="one engine run per optimization toggled")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP stages")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the concurrency run")
+    parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
+    parser.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp"))
+    parser.add_argument("--keep-weights", action="store_true", help="keep the full-size folders (disk!)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.clients < 1:
+        parser.error("--repeats >= 1, --warmup >= 0, --clients >= 1")
+    return args
+
+
+# --- one model --------------------------------------------------------------------------------------------
+
+
+def bench_model(case: Case, args: argparse.Namespace, device: Any, work: Path) -> dict[str, Any]:
+    from localimg.registry import Registry
+    from localimg.testing.flops import image_flops, mfu, peak_flops
+
+    toml, in_memory = prepare_model(case, args, device, work)
+    spec = Registry.load(toml).resolve(case.name)
+    assert spec is not None
+    peak = peak_flops(device.name) if device.kind == "cuda" else None
+    flops = None
+    if case.arch is not None:
+        flops = image_flops(case.arch, case.size, case.size, case.steps,
+                            text_tokens=case.max_sequence_length or 0, cfg=case.cfg).total  # fmt: skip
+
+    plain_times, plain_mem = run_plain(case, in_memory, spec, device, args)
+    del in_memory
+    engine = run_engine(case, spec, device, args)
+    ablations = []
+    if args.ablate:
+        for variant, override in VARIANTS.items():
+            if variant == "-cuda_graphs" and case.family not in ("sd15", "sdxl"):
+                continue
+            opt = dataclasses.replace(spec.optimize, **override)
+            result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
+            ablations.append({"variant": variant, "engine_s": result["median"], "load_s": result["load_s"],
+                              "optimizations": result["optimizations"]})  # fmt: skip
+    http: dict[str, Any] = {}
+    if not args.no_http:
+        http = run_http(case, toml, device, args, work)
+
+    plain_s = statistics.median(plain_times)
+    engine_s = engine["median"]
+    http_s = http.get("median")
+    for ablation in ablations:
+        ablation["ratio"] = ablation["engine_s"] / plain_s
+    row = {
+        "model": case.name,
+        "family": case.family,
+        "size": f"{case.size}x{case.size}",
+        "steps": case.steps,
+        "plain_s": plain_s,
+        "engine_s": engine_s,
+        "http_s": http_s,
+        "ratio_engine": engine_s / plain_s,
+        "ratio_http": None if http_s is None else http_s / plain_s,
+        "http_overhead": None if http_s is None else http_s / engine_s - 1,
+        "steps_per_s": case.steps / engine_s,
+        "flops_per_image": flops,
+        "mfu_plain": mfu(flops, plain_s, peak),
+        "mfu_engine": mfu(flops, engine_s, peak),
+        "mfu_http": mfu(flops, http_s, peak),
+        "peak_mem_plain_gb": plain_mem,
+        "peak_mem_engine_gb": engine["peak_mem_gb"],
+        "load_s": engine["load_s"],
+        "cold_start_s": http.get("cold_start_s"),
+        "ready_s": http.get("ready_s"),
+        "optimizations": engine["optimizations"],
+        "concurrency": http.get("concurrency"),
+        "ablations": ablations,
+        "samples": {"plain": plain_times, "engine": engine["times"], "http": http.get("times")},
+    }
+    if not args.tiny and not args.keep_weights:
+        import shutil
+
+        shutil.rmtree(work / "models" / case.name, ignore_errors=True)
+    return row
+
+
+def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path) -> tuple[Path, Any]:
+    """The models.toml registering `case`, and the pipeline still in memory when it was just built."""
+    if args.tiny:
+        from localimg.testing.tiny import build_tiny_models
+
+        build_tiny_models(work / "tiny")
+        toml = work / f"{case.name}.toml"
+        toml.write_text(models_toml(case, work / "tiny" / case.name, work))
+        return toml, None
+    import torch
+
+    from localimg.backends.device import torch_device
+    from localimg.testing.full_size import build_full_size
+
+    folder = work / "models" / case.name
+    pipe = None
+    if not (folder / "model_index.json").is_file():
+        started = time.perf_counter()
+        pipe = build_full_size(case.name, torch_device(device))
+        torch.cuda.synchronize()
+        print(f"  built {case.name} in {time.perf_counter() - started:.1f} s", flush=True)
+        started = time.perf_counter()
+        pipe.save_pretrained(folder, safe_serialization=True)
+        print(f"  saved to {folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    toml = work / f"{case.name}.toml"
+    toml.write_text(models_toml(case, folder, work))
+    return toml, pipe
+
+
+def models_toml(case: Case, folder: Path, work: Path) -> str:
+    seq = "" if case.max_sequence_length is None else f", max_sequence_length = {case.max_sequence_length}"
+    preset = f"{{ steps = {case.steps}, guidance = {case.guidance}{seq} }}"
+    return f"""# Written by scripts/bench.py
+default_model = "{case.name}"
+
+[models.{case.name}]
+family = "{case.family}"
+source = {{ path = "{folder}" }}
+default_size = "{case.size}x{case.size}"
+max_batch = 4
+limits = {{ min_side = 64, max_side = 2048, max_pixels = 4194304, multiple_of = 16 }}
+[models.{case.name}.quality]
+auto = "medium"
+low = {preset}
+medium = {preset}
+high = {preset}
+[models.{case.name}.optimize]
+warmup_sizes = ["{case.size}x{case.size}"]
+compile_cache_dir = "{work / "compile-cache"}"
+"""
+
+
+# --- stage 1: plain diffusers -----------------------------------------------------------------------------
+
+
+def run_plain(
+    case: Case, pipe: Any, spec: Any, device: Any, args: argparse.Namespace
+) -> tuple[list[float], float | None]:
+    import torch
+
+    from localimg.backends.device import torch_device
+    from localimg.backends.families import adapter_for
+    from localimg.backends.optimizations import set_sdpa_priority
+
+    set_sdpa_priority("default")  # a previous model's localimg stage may have changed torch's global order
+    if pipe is None:
+        dtype = torch.bfloat16 if device.kind == "cuda" else torch.float32
+        assert spec.source.path is not None
+        pipe = adapter_for(case.family).pipeline_class.from_pretrained(str(spec.source.path), torch_dtype=dtype)
+        pipe.to(torch_device(device))
+    pipe.set_progress_bar_config(disable=True)
+    kwargs: dict[str, Any] = dict(prompt=PROMPT, height=case.size, width=case.size,
+                                  num_inference_steps=case.steps, guidance_scale=case.guidance)  # fmt: skip
+    if case.max_sequence_length is not None:
+        kwargs["max_sequence_length"] = case.max_sequence_length
+    where = torch_device(device)
+
+    def once(seed: int) -> None:
+        pipe(**kwargs, generator=torch.Generator(where).manual_seed(seed)).images[0]
+
+    times, peak = timed(once, args, device)
+    pipe = None  # the caller drops its reference too, so the device memory can go
+    free(device)
+    print(f"  plain diffusers: {statistics.median(times):.3f} s", flush=True)
+    return times, peak
+
+
+# --- stage 2: localimg engine -----------------------------------------------------------------------------
+
+
+def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from localimg.backends.base import GenerationPlan
+    from localimg.backends.diffusers_backend import DiffusersBackend
+    from localimg.service.engine import Engine
+
+    if device.kind == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    backend = DiffusersBackend(spec, device)
+    engine = Engine({spec.name: backend})
+    loop = asyncio.new_event_loop()
+    try:
+        started = time.perf_counter()
+        loop.run_until_complete(engine.preload([spec.name]))
+        load_s = time.perf_counter() - started
+        if not engine.is_loaded(spec.name):
+            raise RuntimeError(f"{spec.name} failed to load: {engine.load_error(spec.name)}")
+
+        def once(seed: int) -> None:
+            plan = GenerationPlan(model=spec.name, prompt=PROMPT, width=case.size, height=case.size,
+                                  steps=case.steps, guidance_scale=case.guidance, seeds=(seed,),
+                                  max_sequence_length=case.max_sequence_length)  # fmt: skip
+            loop.run_until_complete(engine.generate(plan))
+
+        times, peak = timed(once, args, device, reset_peak=False)
+        described = backend.optimizations.describe()
+    finally:
+        engine.close()
+        loop.close()
+    free(device)
+    print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
+    return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
+            "optimizations": described}  # fmt: skip
+
+
+# --- stage 3: HTTP ----------------------------------------------------------------------------------------
+
+
+def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import httpx
+    from openai import OpenAI
+
+    port = free_port()
+    log_path = work / f"server-{case.name}.log"
+    command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(toml), "--host", "127.0.0.1",
+               "--port", str(port), "--device", device.torch_name, "--preload", case.name]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0, timeout=600)
+    counter = iter(range(1_000_000))
+
+    def request() -> float:
+        started = time.perf_counter()
+        result = client.images.generate(
+            model=case.name, prompt=PROMPT, size=f"{case.size}x{case.size}", output_format=args.output_format,  # type: ignore[arg-type]
+            extra_body={"seed": next(counter), "num_inference_steps": case.steps, "guidance_scale": case.guidance},
+        )  # fmt: skip
+        assert result.data and base64.b64decode(result.data[0].b64_json or "")
+        return time.perf_counter() - started
+
+    with log_path.open("w") as log:
+        started = time.perf_counter()
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        try:
+            ready_s = wait_healthy(f"http://127.0.0.1:{port}/health", server, httpx, log_path)
+            request()
+            cold_start_s = time.perf_counter() - started
+            times, _ = timed(lambda seed: request(), args, device, reset_peak=False, measure_memory=False)
+            concurrency = run_concurrency(request, args)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print(f"  localimg HTTP: {statistics.median(times):.3f} s; cold start {cold_start_s:.1f} s; "
+          f"{concurrency['images_per_s']:.2f} images/s with {concurrency['clients']} clients", flush=True)  # fmt: skip
+    return {"median": statistics.median(times), "times": times, "ready_s": ready_s, "cold_start_s": cold_start_s,
+            "concurrency": concurrency}  # fmt: skip
+
+
+def run_concurrency(request: Callable[[], float], args: argparse.Namespace) -> dict[str, Any]:
+    total = args.requests or 2 * args.clients
+    latencies: list[float] = []
+    lock = threading.Lock()
+    remaining = iter(range(total))
+
+    def client_loop() -> None:
+        while True:
+            with lock:
+                if next(remaining, None) is None:
+                    return
+            seconds = request()
+            with lock:
+                latencies.append(seconds)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    sequential = [request() for _ in range(min(total, args.repeats))]
+    return {
+        "clients": args.clients,
+        "requests": total,
+        "images_per_s": total / wall,
+        "sequential_images_per_s": len(sequential) / sum(sequential),
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+    }
+
+
+# --- measuring --------------------------------------------------------------------------------------------
+
+
+def timed(
+    once: Callable[[int], Any],
+    args: argparse.Namespace,
+    device: Any,
+    *,
+    reset_peak: bool = True,
+    measure_memory: bool = True,
+) -> tuple[list[float], float | None]:
+    """Seconds of each of `args.repeats` calls after `args.warmup` untimed ones, and the peak GPU memory (GB)."""
+    import torch
+
+    cuda = device.kind == "cuda"
+    if cuda and reset_peak:
+        torch.cuda.reset_peak_memory_stats()
+    for seed in range(args.warmup):
+        once(seed)
+    times = []
+    for seed in range(args.repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        once(1000 + seed)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda and measure_memory else None
+    return times, peak
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def free(device: Any) -> None:
+    import torch
+
+    gc.collect()
+    if device.kind == "cuda":
+        torch.cuda.empty_cache()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, server: subprocess.Popen[bytes], httpx: Any, log_path: Path) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < 900:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not healthy after 900 s:\n{log_path.read_text()[-3000:]}")
+
+
+def print_table(report: dict[str, Any]) -> None:
+    def fmt(value: Any, spec: str = ".3f") -> str:
+        return "—" if value is None else format(value, spec)
+
+    print(f"\n{report['device']} · torch {report['versions']['torch']} · diffusers {report['versions']['diffusers']}"
+          f" · {report['date']}{' · TINY SMOKE RUN, NOT A MEASUREMENT' if report['tiny'] else ''}")  # fmt: skip
+    header = ("model", "size", "steps", "plain s", "engine s", "http s", "engine/plain", "http/plain", "http ovh",
+              "MFU eng", "peak GB", "cold s", "img/s conc", "p50 s", "p99 s")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in report["rows"]:
+        conc = row["concurrency"] or {}
+        cells = (row["model"], row["size"], str(row["steps"]), fmt(row["plain_s"]), fmt(row["engine_s"]),
+                 fmt(row["http_s"]), fmt(row["ratio_engine"], ".2f"), fmt(row["ratio_http"], ".2f"),
+                 fmt(row["http_overhead"], ".1%"), fmt(row["mfu_engine"], ".1%"), fmt(row["peak_mem_engine_gb"], ".1f"),
+                 fmt(row["cold_start_s"], ".1f"), fmt(conc.get("images_per_s"), ".2f"), fmt(conc.get("p50_s")),
+                 fmt(conc.get("p99_s")))  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+        for ablation in row["ablations"]:
+            print(f"|   {row['model']} {ablation['variant']} | | | | {fmt(ablation['engine_s'])} | | "
+                  f"{fmt(ablation['ratio'], '.2f')} | | | | | | | | |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Optimizations on the tiny pipelines (CPU): each lossless one toggles cleanly and keeps the image."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localimg.backends.base import GenerationPlan
+from localimg.backends.device import resolve_device
+from localimg.backends.diffusers_backend import DiffusersBackend
+from localimg.backends.optimizations import PromptEmbeddingCache, resolve_optimizations
+from localimg.registry import ImageSize, OptimizeSettings, Registry
+
+OFF = OptimizeSettings(preset="off")
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models_toml: Path) -> Registry:
+    return Registry.load(tiny_models_toml)
+
+
+def backend_with(registry: Registry, name: str, settings: OptimizeSettings) -> DiffusersBackend:
+    spec = registry.resolve(name)
+    assert spec is not None
+    backend = DiffusersBackend(dataclasses.replace(spec, optimize=settings), resolve_device("cpu"))
+    backend.load()
+    return backend
+
+
+def image(backend: DiffusersBackend, prompt: str = "a red fox in tall grass", seed: int = 3) -> np.ndarray:
+    preset = backend.spec.quality["low"]
+    plan = GenerationPlan(
+        model=backend.spec.name, prompt=prompt, width=64, height=64, steps=2, guidance_scale=preset.guidance,
+        seeds=(seed,), max_sequence_length=preset.max_sequence_length,
+    )  # fmt: skip
+    (result,) = backend.generate([plan])
+    return np.asarray(result, dtype=np.int16)
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3"])
+@pytest.mark.parametrize("option", ["fuse_qkv", "channels_last", "sync_free"])
+def test_lossless_option_keeps_the_image(registry: Registry, name: str, option: str):
+    plain = image(backend_with(registry, name, OFF))
+    optimized_backend = backend_with(registry, name, dataclasses.replace(OFF, **{option: True}))
+    assert getattr(optimized_backend.optimizations, option) or option == "fuse_qkv"
+    # float32 on CPU: a fused or re-laid-out matmul rounds differently, by far less than one level of 255.
+    assert np.abs(image(optimized_backend) - plain).max() <= 1
+
+
+def test_fused_qkv_really_fuses(registry: Registry):
+    backend = backend_with(registry, "tiny-flux", dataclasses.replace(OFF, fuse_qkv=True))
+    assert backend.optimizations.fuse_qkv
+    assert any(getattr(m, "fused_projections", False) for m in backend._pipe.transformer.modules())
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sdxl"])
+def test_prompt_cache_hit_returns_identical_images(registry: Registry, name: str):
+    uncached = image(backend_with(registry, name, dataclasses.replace(OptimizeSettings(), prompt_cache=0)))
+    backend = backend_with(registry, name, OptimizeSettings(prompt_cache=2))
+    cache = backend._pipe.encode_prompt
+    assert isinstance(cache, PromptEmbeddingCache)
+    first = image(backend)
+    assert (cache.hits, cache.misses) == (0, 1)
+    second = image(backend, seed=3)
+    assert cache.hits == 1
+    assert np.array_equal(first, second) and np.array_equal(first, uncached)
+    image(backend, prompt="another prompt")
+    image(backend, prompt="a third prompt")  # evicts the first (size 2)
+    image(backend)
+    assert (cache.hits, cache.misses) == (1, 4)
+
+
+def test_prompt_cache_bypasses_tensor_arguments():
+    import torch
+
+    calls: list[object] = []
+
+    def encode(prompt, prompt_embeds=None):
+        calls.append(prompt)
+        return torch.ones(2) if prompt_embeds is None else prompt_embeds
+
+    cache = PromptEmbeddingCache(encode, 4)
+    out = cache("a", prompt_embeds=None)
+    out.add_(1)  # a caller modifying its result does not touch the cache
+    assert torch.equal(cache("a"), torch.ones(2))
+    cache("a", prompt_embeds=torch.zeros(2))
+    assert calls == ["a", "a"] and cache.hits == 1
+
+
+def test_warmup_sizes_run_at_load(registry: Registry):
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+    sizes: list[tuple[int, int]] = []
+    backend = DiffusersBackend(
+        dataclasses.replace(spec, optimize=OptimizeSettings(warmup_sizes=(ImageSize(64, 64), ImageSize(96, 64)))),
+        resolve_device("cpu"),
+    )
+    original = backend.generate
+
+    def recording(batch, on_step=None):
+        sizes.extend((plan.width, plan.height) for plan in batch)
+        return original(batch, on_step)
+
+    backend.generate = recording  # type: ignore[method-assign]
+    backend.load()
+    # tiny-sd15's presets share one guidance and text length: one warm-up per size.
+    assert sizes == [(64, 64), (96, 64)]
+
+
+CUDA_H100 = ("cuda", (9, 0))
+
+
+@pytest.mark.parametrize(
+    ("settings", "family", "device", "expected"),
+    [
+        (OptimizeSettings(), "flux", ("cpu", None), dict(compile=False, fuse_qkv=False, attention="default")),
+        (OptimizeSettings(), "flux", CUDA_H100, dict(compile=True, compile_vae=True, fuse_qkv=True, attention="cudnn")),
+        (OptimizeSettings(), "sdxl", CUDA_H100, dict(cuda_graphs=True, channels_last=True, attention="default")),
+        (OptimizeSettings(), "flux", ("cuda", (8, 0)), dict(attention="default", fp8=False)),
+        (OptimizeSettings(preset="fast"), "flux", CUDA_H100, dict(fp8=True, step_cache="first_block")),
+        (OptimizeSettings(preset="fast"), "flux", ("cuda", (8, 0)), dict(fp8=False, step_cache="first_block")),
+        (OptimizeSettings(preset="fast"), "sdxl", CUDA_H100, dict(fp8=True, step_cache="off")),
+        (OptimizeSettings(preset="off"), "flux", CUDA_H100, dict(compile=False, prompt_cache=0, fp8=False)),
+        (
+            OptimizeSettings(compile=False),
+            "flux",
+            CUDA_H100,
+            dict(compile=False, warmup_sizes=(ImageSize(1024, 1024),)),
+        ),
+        (OptimizeSettings(compile=False, compile_vae=False), "flux", CUDA_H100, dict(warmup_sizes=())),
+        (OptimizeSettings(fp8=True), "flux", ("cpu", None), dict(fp8=False)),
+    ],
+)
+def test_resolve(settings, family, device, expected):
+    plan = resolve_optimizations(settings, family, device[0], device[1], ImageSize(1024, 1024))
+    for key, value in expected.items():
+        assert getattr(plan, key) == value, key

@@ -1,0 +1,56 @@
+"""`scripts/bench.py --tiny` runs end to end on the CPU and its JSON has every field for every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import bench  # noqa: E402
+
+
+def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--tiny", "--models", "tiny-flux",
+        "--repeats", "1", "--warmup", "0", "--clients", "2", "--requests", "2", "--ablate",
+        "--work-dir", str(tmp_path / "work"), "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "TINY SMOKE RUN" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["tiny"] is True and report["device_kind"] == "cpu"
+    assert report["versions"]["torch"] and report["versions"]["diffusers"]
+    assert [row["model"] for row in report["rows"]] == ["tiny-flux"]
+    for row in report["rows"]:
+        assert set(row) == set(bench.ROW_FIELDS), row["model"]
+        for key in ("plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http", "steps_per_s", "load_s",
+                    "cold_start_s", "ready_s"):  # fmt: skip
+            assert isinstance(row[key], float) and row[key] > 0, key
+        # Not measurable on a CPU with tiny models: no FLOP model, no GPU memory, no peak.
+        for key in ("flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
+                    "peak_mem_engine_gb"):  # fmt: skip
+            assert row[key] is None, key
+        assert row["cold_start_s"] > row["ready_s"]
+        assert set(row["concurrency"]) == set(bench.CONCURRENCY_FIELDS)
+        assert row["concurrency"]["images_per_s"] > 0
+        assert row["concurrency"]["p99_s"] >= row["concurrency"]["p50_s"] > 0
+        assert len(row["samples"]["plain"]) == len(row["samples"]["engine"]) == len(row["samples"]["http"]) == 1
+        variants = [a["variant"] for a in row["ablations"]]
+        expected = [v for v in bench.VARIANTS if v != "-cuda_graphs" or row["family"] in ("sd15", "sdxl")]
+        assert variants == expected
+        for ablation in row["ablations"]:
+            assert ablation["engine_s"] > 0 and ablation["ratio"] > 0
+
+
+def test_percentile():
+    assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert bench.percentile([1.0, 2.0], 99) == 1.99
+    assert bench.percentile([5.0], 99) == 5.0
