@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from localimg.api.disconnect import cancel_on_disconnect
 from localimg.api.errors import openai_validation_error
 from localimg.api.images import files_url, service_of, sse
 from localimg.errors import InvalidRequestError
@@ -43,7 +44,7 @@ async def create_image_edit(request: Request) -> ImagesResponse | StreamingRespo
     if body.stream:
         job = await service.plan_edit(body, images, mask)  # before the first byte: a bad request is a plain 400
         return sse(service.stream(job, "image_edit"), request)
-    return await service.edit(body, images, mask, url_base=files_url(request))
+    return await cancel_on_disconnect(request, service.edit(body, images, mask, url_base=files_url(request)))
 
 
 @router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
@@ -57,7 +58,8 @@ async def create_image_variation(request: Request) -> ImagesResponse:
     if "image" not in files:
         raise _missing("image")
     body = _validated(ImageVariationRequest, fields, strict=False)
-    return await service_of(request).variation(body, files["image"][0], url_base=files_url(request))
+    variation = service_of(request).variation(body, files["image"][0], url_base=files_url(request))
+    return await cancel_on_disconnect(request, variation)
 
 
 def _edit_from_form(form: FormData) -> tuple[ImageEditRequest, list[Upload], Upload | None]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from localimg.api.disconnect import cancel_on_disconnect
 from localimg.api.errors import request_id_of
 from localimg.api.sse import sse_response
 from localimg.errors import NotFoundError
@@ -28,7 +29,7 @@ async def create_image(body: ImageGenerateRequest, request: Request) -> ImagesRe
     if body.stream:
         job = service.plan_generation(body)  # before the first byte: a bad request is still a plain HTTP 400
         return sse(service.stream(job, "image_generation"), request)
-    return await service.generate(body, url_base=files_url(request))
+    return await cancel_on_disconnect(request, service.generate(body, url_base=files_url(request)))
 
 
 @router.get(FILES_PATH + "/{image_id}", responses={404: {"model": ErrorResponse}})
