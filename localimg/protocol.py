@@ -17,12 +17,11 @@ Background = Literal["transparent", "opaque", "auto"]
 ResponseFormat = Literal["url", "b64_json"]
 
 
-class _Request(BaseModel):
+class _ImageParams(BaseModel):
+    """The parameters generations and edits share, plus localimg's extensions (sent via the SDK's `extra_body`).
+    Unknown keys are rejected by name, as the live API does."""
+
     model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class ImageGenerateRequest(_Request):
-    """Body of `POST /v1/images/generations`, plus localimg's extensions (sent via the SDK's `extra_body`)."""
 
     prompt: str = Field(min_length=1)
     model: str | None = None
@@ -30,7 +29,6 @@ class ImageGenerateRequest(_Request):
     quality: str | None = None
     size: str | None = None
     response_format: ResponseFormat | None = None
-    style: Literal["vivid", "natural"] | None = None
     output_format: OutputFormat | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
     background: Background | None = None
@@ -39,48 +37,35 @@ class ImageGenerateRequest(_Request):
     partial_images: int | None = Field(default=None, ge=0, le=3)
     user: str | None = None
     safety_identifier: str | None = None
-    # Extensions: not OpenAI parameters; apps pass them with `extra_body={...}`.
+    # Extensions: not OpenAI parameters.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     negative_prompt: str | None = None
     num_inference_steps: int | None = Field(default=None, ge=1, le=500)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
 
 
-class _FormRequest(BaseModel):
-    """Multipart requests: every value arrives as a string, so numbers and booleans are parsed from text
-    (`"2"` -> 2, `"true"` -> True); unknown keys are still rejected by name."""
+class ImageGenerateRequest(_ImageParams):
+    """Body of `POST /v1/images/generations` (JSON: strict types, no "2" for 2)."""
+
+    style: Literal["vivid", "natural"] | None = None
+
+
+class ImageEditRequest(_ImageParams):
+    """The text fields of `POST /v1/images/edits`; the files travel beside them. Multipart values all arrive as
+    strings, so numbers and booleans are parsed from text (`"2"` -> 2, `"true"` -> True); the JSON variant is
+    validated strictly by passing `strict=True`."""
 
     model_config = ConfigDict(strict=False, extra="forbid")
 
-
-class ImageEditRequest(_FormRequest):
-    """The text fields of `POST /v1/images/edits` (the files travel beside them), plus localimg's extensions."""
-
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    n: int | None = Field(default=None, ge=1, le=10)
-    quality: str | None = None
-    size: str | None = None
-    response_format: ResponseFormat | None = None
-    output_format: OutputFormat | None = None
-    output_compression: int | None = Field(default=None, ge=0, le=100)
-    background: Background | None = None
     input_fidelity: Literal["high", "low"] | None = None
-    moderation: Literal["low", "auto"] | None = None
-    stream: bool | None = None
-    partial_images: int | None = Field(default=None, ge=0, le=3)
-    user: str | None = None
-    safety_identifier: str | None = None
-    # Extensions, as for generations; `strength` overrides what input_fidelity implies.
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+    # Extension: overrides what input_fidelity implies.
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
-class ImageVariationRequest(_FormRequest):
+class ImageVariationRequest(BaseModel):
     """The text fields of `POST /v1/images/variations` (dall-e-2's legacy endpoint), plus `seed`."""
+
+    model_config = ConfigDict(strict=False, extra="forbid")
 
     model: str | None = None
     n: int | None = Field(default=None, ge=1, le=10)

@@ -40,6 +40,7 @@ from localimg.service.planning import (
     ImageJob,
     KeepRegion,
     api_style,
+    build_plan,
     check_prompt,
     draw_seeds,
     image_tokens,
@@ -48,7 +49,6 @@ from localimg.service.planning import (
     resolve_quality,
     resolve_size,
     resolve_stream,
-    steps_for_partials,
 )
 
 if TYPE_CHECKING:
@@ -111,26 +111,15 @@ def plan_edit(
     size = size or resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
     output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
-    preset = spec.quality[quality]
     strength = request.strength or STRENGTH[(request.input_fidelity or "low", region is not None)]
     original = _at_size(first, size)
     region_at_size = None if region is None else resize_region(region, (size.width, size.height))
-    plan = GenerationPlan(
-        model=spec.name,
-        prompt=request.prompt,
-        width=size.width,
-        height=size.height,
-        steps=steps_for_partials(request.num_inference_steps or preset.steps, stream),
-        guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
-        seeds=draw_seeds(request.seed, request.n or 1, random_seed),
-        negative_prompt=request.negative_prompt or None,
-        max_sequence_length=preset.max_sequence_length,
-        edit=EditInputs(
-            images=(_flatten(original), *(_flatten(item.image) for item in images[1:])),
-            mask=region_at_size,
-            strength=strength,
-        ),
+    edit = EditInputs(
+        images=(_flatten(original), *(_flatten(item.image) for item in images[1:])),
+        mask=region_at_size,
+        strength=strength,
     )
+    plan = build_plan(request, spec, size, quality, request.n or 1, stream, random_seed, edit)
     return ImageJob(
         spec=spec,
         api_style=style,

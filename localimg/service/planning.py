@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from localimg.backends.base import GenerationPlan
+from localimg.backends.base import EditInputs, GenerationPlan
 from localimg.errors import InvalidRequestError
 from localimg.imaging.alpha import asks_for_transparency
 from localimg.protocol import ImageGenerateRequest, OutputFormat, ResponseFormat
@@ -107,18 +107,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
     size = resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
     output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
-    preset = spec.quality[quality]
-    plan = GenerationPlan(
-        model=spec.name,
-        prompt=request.prompt,
-        width=size.width,
-        height=size.height,
-        steps=steps_for_partials(request.num_inference_steps or preset.steps, stream),
-        guidance_scale=preset.guidance if request.guidance_scale is None else request.guidance_scale,
-        seeds=draw_seeds(request.seed, n, random_seed),
-        negative_prompt=request.negative_prompt or None,
-        max_sequence_length=preset.max_sequence_length,
-    )
+    plan = build_plan(request, spec, size, quality, n, stream, random_seed)
     return ImageJob(
         spec=spec,
         api_style=style,
@@ -129,6 +118,42 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
         response_format=request.response_format or ("url" if style != "gpt-image" else "b64_json"),
         safety_identifier=request.safety_identifier or request.user or None,
         stream=stream,
+    )
+
+
+class PlanParams(Protocol):
+    """The request fields every text-guided job has (generations and edits alike)."""
+
+    prompt: str
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    seed: int | None
+    negative_prompt: str | None
+
+
+def build_plan(
+    params: PlanParams,
+    spec: ModelSpec,
+    size: ImageSize,
+    quality: str,
+    n: int,
+    stream: StreamOptions | None,
+    random_seed: Callable[[], int],
+    edit: EditInputs | None = None,
+) -> GenerationPlan:
+    """The pipeline job: the quality preset, overridden by the extensions the request gave."""
+    preset = spec.quality[quality]
+    return GenerationPlan(
+        model=spec.name,
+        prompt=params.prompt,
+        width=size.width,
+        height=size.height,
+        steps=steps_for_partials(params.num_inference_steps or preset.steps, stream),
+        guidance_scale=preset.guidance if params.guidance_scale is None else params.guidance_scale,
+        seeds=draw_seeds(params.seed, n, random_seed),
+        negative_prompt=params.negative_prompt or None,
+        max_sequence_length=preset.max_sequence_length,
+        edit=edit,
     )
 
 
