@@ -137,6 +137,8 @@ class ModelSpec:
     dtype: Mapping[str, str] = field(default_factory=dict)
     variant: str = "base"  # which checkpoint of the family: "base", or for flux "kontext" / "fill"
     max_input_images: int = 1  # images an edit may send (the first is edited, the rest are references)
+    # Edits sending more images than this model takes are run by that model (one declared with references).
+    references_model: str | None = None
     optimize: OptimizeSettings = field(default_factory=lambda: OptimizeSettings())
 
 
@@ -237,6 +239,7 @@ class Registry:
             raise RegistryError(f"{where}: needs at least one [models.NAME] table")
         models = {name: _parse_model(name, table, base_dir, where) for name, table in tables.items()}
         _check_aliases(models, where)
+        _check_references(models, where)
         default_model = data.get("default_model", next(iter(models)))
         if default_model not in models:
             raise RegistryError(
@@ -269,6 +272,11 @@ class Registry:
         if missing:
             raise RegistryError(f"unknown model(s) {', '.join(missing)}; declared: {', '.join(self._models)}")
         kept = {name: self._models[name] for name in names}
+        # A reference route to a model that is not served is dropped: such edits then get the usual 400.
+        kept = {
+            name: spec if spec.references_model in (None, *kept) else replace(spec, references_model=None)
+            for name, spec in kept.items()
+        }
         default = self.default_model if self.default_model in kept else names[0]
         return Registry(kept, default, self.path, self.matting)
 
@@ -281,7 +289,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         raise RegistryError(f"{ctx}: must be a table")
     allowed = {
         "family", "source", "aliases", "description", "default_size", "limits", "quality",
-        "max_batch", "allow_pickle", "dtype", "variant", "max_input_images", "optimize",
+        "max_batch", "allow_pickle", "dtype", "variant", "max_input_images", "references_model", "optimize",
     }  # fmt: skip
     _reject_unknown(table, allowed, where, f"[models.{name}]")
     family = table.get("family")
@@ -336,6 +344,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         dtype=dtype,
         variant=variant,
         max_input_images=max_input_images,
+        references_model=_typed(table, "references_model", str, None, ctx) if "references_model" in table else None,
         optimize=parse_optimize(table.get("optimize", {}), family, base_dir, ctx),
     )
 
@@ -426,6 +435,22 @@ def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) 
     if auto not in QUALITY_LEVELS:
         raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(QUALITY_LEVELS)}")
     return presets, auto
+
+
+def _check_references(models: Mapping[str, ModelSpec], where: str) -> None:
+    for spec in models.values():
+        target = spec.references_model
+        if target is None:
+            continue
+        if target not in models:
+            raise RegistryError(
+                f"{where}: [models.{spec.name}] references_model = {target!r} names no [models.*] table"
+            )
+        if models[target].max_input_images <= 1:
+            raise RegistryError(
+                f"{where}: [models.{spec.name}] references_model = {target!r}, but that model takes one input "
+                "image (set its variant and max_input_images)"
+            )
 
 
 def _check_aliases(models: Mapping[str, ModelSpec], where: str) -> None:

@@ -31,6 +31,8 @@ router = APIRouter(tags=["images"], responses={400: {"model": ErrorResponse}, 50
 M = TypeVar("M", bound=BaseModel)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
 _EDIT_FILES = {"image", "image[]", "mask"}
+# Above OpenAI's 16 images + a mask, so that a few too many get our clear 400; far above, the parser refuses.
+_MAX_FILE_PARTS = 64
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -39,7 +41,7 @@ async def create_image_edit(request: Request) -> ImagesResponse | StreamingRespo
     if _is_json(request):
         body, images, mask = _edit_from_json(await _json_object(request))
     else:
-        body, images, mask = _edit_from_form(await _form(request, max_files=MAX_INPUT_IMAGES + 1))
+        body, images, mask = _edit_from_form(await _form(request, max_files=_MAX_FILE_PARTS))
     service = service_of(request)
     if body.stream:
         job = await service.plan_edit(body, images, mask)  # before the first byte: a bad request is a plain 400

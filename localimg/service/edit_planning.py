@@ -18,7 +18,8 @@ this module adds what only image inputs have:
 
   The `strength` extension overrides it. The denoising step count is the quality preset's, whatever the strength.
 - **Several images**: images after the first are references, accepted only by models whose `max_input_images`
-  in models.toml allows them; otherwise a 400 says how many the model takes (never silently dropped).
+  in models.toml allows them. A model may name a `references_model` that runs such edits instead (e.g. FLUX.1
+  schnell routing them to FLUX.1 Kontext); otherwise a 400 says how many the model takes (never dropped).
 - **Variations** (dall-e-2's legacy endpoint): image-to-image of the (centre-cropped, square) image with an empty
   prompt at strength 0.7, answered in dall-e-2's shape.
 """
@@ -100,7 +101,7 @@ def plan_edit(
         raise InvalidRequestError(
             "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
         )
-    _check_image_count(images, spec)
+    spec = _model_for_images(images, spec, registry)
     first = images[0].image
     region = (
         edit_region_from_mask(mask.image, first.size, param=mask.param)
@@ -185,20 +186,24 @@ def size_for_input(input_size: tuple[int, int], spec: ModelSpec) -> ImageSize:
     return ImageSize(*sides)
 
 
-def _check_image_count(images: Sequence[InputImage], spec: ModelSpec) -> None:
+def _model_for_images(images: Sequence[InputImage], spec: ModelSpec, registry: Registry) -> ModelSpec:
+    """`spec`, or its `references_model` when the edit sends more images than `spec` takes."""
     if len(images) > MAX_INPUT_IMAGES:
         raise InvalidRequestError(
             f"Too many images: got {len(images)}, at most {MAX_INPUT_IMAGES} are allowed.",
             param="image",
             code="too_many_images",
         )
+    if len(images) > spec.max_input_images and spec.references_model is not None:
+        spec = registry.resolve(spec.references_model) or spec
     if len(images) > spec.max_input_images:
         raise InvalidRequestError(
             f"Model '{spec.name}' takes {spec.max_input_images} input image(s) but {len(images)} were given; "
-            "send one image, or use a model declared with reference images in models.toml.",
+            "send fewer images, or use a model declared with reference images in models.toml.",
             param="image",
             code="too_many_images",
         )
+    return spec
 
 
 def _at_size(image: Image.Image, size: ImageSize) -> Image.Image:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-3"
+BUILD_VERSION = "tiny-models-4"
 MARKER = ".complete"
 
 OPENAI_ALIASES = (
@@ -103,7 +103,17 @@ class _ModelEntry:
 
 
 _ENTRIES = (
-    _ModelEntry("tiny-flux", "flux", "1024x1024", 16, 3.5, max_sequence_length=64, aliases=OPENAI_ALIASES),
+    # The default model routes edits with several images to the Kontext model, as models.toml's flux-schnell does.
+    _ModelEntry(
+        "tiny-flux",
+        "flux",
+        "1024x1024",
+        16,
+        3.5,
+        max_sequence_length=64,
+        aliases=OPENAI_ALIASES,
+        extra='references_model = "tiny-flux-kontext"\n',
+    ),
     _ModelEntry("tiny-sd15", "sd15", "512x512", 8, 7.5),
     _ModelEntry("tiny-sdxl", "sdxl", "1024x1024", 8, 5.0),
     _ModelEntry("tiny-sd3", "sd3", "1024x1024", 16, 4.5, max_sequence_length=64),
@@ -114,7 +124,7 @@ _ENTRIES = (
         16,
         2.5,
         max_sequence_length=64,
-        extra='variant = "kontext"\nmax_input_images = 3\n',
+        extra='variant = "kontext"\nmax_input_images = 16\n',
     ),  # fmt: skip
     _ModelEntry("tiny-flux-fill", "flux", "1024x1024", 16, 30.0, max_sequence_length=64, extra='variant = "fill"\n'),
 )

@@ -144,6 +144,13 @@ def test_input_fidelity_high_stays_closer_to_the_input(client: OpenAI):
     assert np.abs(high - as_seen).mean() < np.abs(low - as_seen).mean()
 
 
+def test_several_images_on_the_default_model_run_on_its_references_model(client: OpenAI):
+    images = [png_bytes(picture(seed=1)), png_bytes(picture(128, 128, seed=2))]
+    result = client.images.edit(image=images, prompt="put the second in the first")  # default model: tiny-flux
+    decode(result.data[0].b64_json, "png", (256, 256))
+    assert result.usage.input_tokens_details.image_tokens == 16 * 16 + 8 * 8
+
+
 def test_several_images_need_a_model_that_takes_references(client: OpenAI):
     images = [png_bytes(picture(seed=1)), png_bytes(picture(seed=2))]
     with pytest.raises(openai.BadRequestError) as info:
@@ -160,7 +167,7 @@ def test_reference_images_on_a_kontext_model(client: OpenAI):
         decode(item.b64_json, "png", (256, 256))
     assert result.usage.input_tokens_details.image_tokens == 16 * 16 + 8 * 12
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.edit(model="tiny-flux-kontext", image=images * 2, prompt=PROMPT)  # takes 3
+        client.images.edit(model="tiny-flux-kontext", image=images * 9, prompt=PROMPT)  # OpenAI's limit is 16
     assert info.value.body["code"] == "too_many_images"
 
 

@@ -137,3 +137,22 @@ def test_shipped_models_toml_is_valid():
     assert families == {"flux", "sd15", "sdxl", "sd3"}
     for alias in ("gpt-image-2", "gpt-image-1.5", "gpt-image-1", "dall-e-3", "dall-e-2"):
         assert registry.resolve(alias) is registry.default
+
+
+KONTEXT = """
+[models.kontext]
+family = "flux"
+source = { path = "weights/kontext" }
+variant = "kontext"
+max_input_images = 4
+"""
+
+
+def test_references_model_routes_to_a_model_taking_references(tmp_path):
+    registry = load(tmp_path, MINIMAL.replace('aliases = ["gpt-image-1", "dall-e-3"]', 'references_model = "kontext"')
+                    + KONTEXT)  # fmt: skip
+    assert registry.resolve("flux").references_model == "kontext"
+    assert registry.restricted_to(["flux"]).resolve("flux").references_model is None  # not served: no route
+    fails(tmp_path, MINIMAL + 'references_model = "nope"\n', "[models.flux]", "references_model", "'nope'")
+    one_image = KONTEXT.replace("max_input_images = 4", "max_input_images = 1")
+    fails(tmp_path, MINIMAL + 'references_model = "kontext"\n' + one_image, "[models.flux]", "takes one input image")
