@@ -34,7 +34,6 @@ from diffusers import (
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxKontextInpaintPipeline,
-    FluxKontextPipeline,
     FluxPipeline,
 )
 from PIL import Image
@@ -75,7 +74,11 @@ class FluxAdapter(FamilyAdapter):
 
 
 class FluxKontextAdapter(FluxAdapter):
-    img2img_class: ClassVar[type[DiffusionPipeline]] = FluxKontextPipeline
+    """Edits condition the transformer on the input images (the first, then the references, side by side) and run
+    as an inpainting of the first image: under the edit's mask, or under a full mask when there is none, so that
+    `strength` (what `input_fidelity` sets) applies to every edit."""
+
+    img2img_class: ClassVar[type[DiffusionPipeline]] = FluxKontextInpaintPipeline
     inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxKontextInpaintPipeline
 
     def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
@@ -83,19 +86,19 @@ class FluxKontextAdapter(FluxAdapter):
         first = plans[0]
         if first.edit is not None:
             # By default the Kontext pipelines resize their inputs to a ~1 MP resolution Kontext was trained at, and
-            # the inpainting one then paints at that size. Inputs sized here keep the output at the plan's size and
-            # the conditioning tokens at the output's count. (`_auto_resize` is in the 0.42 signature and docs.)
+            # then paint at that size. Inputs sized here keep the output at the plan's size and the conditioning
+            # tokens at the output's count. (`_auto_resize` is in the 0.42 signature and docs.)
             kwargs["max_area"] = first.width * first.height
             kwargs["_auto_resize"] = False
             reference = fit_area(side_by_side(first.edit.images), first.width * first.height)
-            key = "image" if first.edit.mask is None else "image_reference"
-            kwargs[key] = [reference] * len(plans)
+            kwargs["image_reference"] = [reference] * len(plans)
         return kwargs
 
     def edit_kwargs(self, edit: EditInputs, count: int, steps: int) -> dict[str, Any]:
+        kwargs = super().edit_kwargs(edit, count, steps)
         if edit.mask is None:
-            return {"num_inference_steps": steps}  # the image is added by call_kwargs; no strength applies
-        return super().edit_kwargs(edit, count, steps)
+            kwargs["mask_image"] = [Image.new("L", edit.images[0].size, 255)] * count
+        return kwargs
 
 
 class FluxFillAdapter(FluxAdapter):

@@ -179,7 +179,7 @@ def test_unload_drops_the_edit_pipelines(registry: Registry):
 
 
 def test_kontext_is_declared_with_references(kontext: DiffusersBackend):
-    assert kontext.spec.variant == "kontext" and kontext.spec.max_input_images == 3
+    assert kontext.spec.variant == "kontext" and kontext.spec.max_input_images == 16
 
 
 def test_kontext_edit_follows_the_input_and_the_references(kontext: DiffusersBackend):
@@ -195,6 +195,14 @@ def test_kontext_edit_follows_the_input_and_the_references(kontext: DiffusersBac
     assert not np.array_equal(pixels(with_refs[0]), pixels(other_refs))
     (again,) = kontext.generate([plan_for(kontext, EditInputs((source,)))])
     assert np.array_equal(pixels(alone), pixels(again))
+
+
+def test_kontext_edit_honours_strength(kontext: DiffusersBackend):
+    source = picture(0)
+    (near,) = kontext.generate([plan_for(kontext, EditInputs((source,), strength=0.001))])
+    (mid,) = kontext.generate([plan_for(kontext, EditInputs((source,), strength=0.45))])
+    (far,) = kontext.generate([plan_for(kontext, EditInputs((source,), strength=1.0))])
+    assert np.abs(pixels(mid) - pixels(near)).mean() < np.abs(pixels(far) - pixels(near)).mean()
 
 
 def test_kontext_inpaint_with_references(kontext: DiffusersBackend):
