@@ -176,10 +176,13 @@ def test_a_one_element_list_is_sent_as_image_brackets(client: OpenAI):
     decode(result.data[0].b64_json, "png", (256, 256))
 
 
-@pytest.mark.parametrize("fmt", ["png", "webp"])
-def test_transparent_background_on_generations(client: OpenAI, fmt: str):
+@pytest.mark.parametrize(
+    ("model", "fmt"),
+    [("tiny-flux", "png"), ("gpt-image-1", "webp"), ("tiny-sd15", "png"), ("tiny-sdxl", "webp"), ("tiny-sd3", "png")],
+)
+def test_transparent_background_on_generations(client: OpenAI, model: str, fmt: str):
     result = client.images.generate(
-        model="tiny-flux", prompt="a red apple", size="256x256", background="transparent", output_format=fmt
+        model=model, prompt="a red apple", size="256x256", background="transparent", output_format=fmt
     )
     assert result.background == "transparent"
     image = decode(result.data[0].b64_json, fmt, (256, 256))
