@@ -1,11 +1,13 @@
 """Tiny random-weight diffusers pipelines for tests: real folder layouts, real pipeline classes, no hub.
 
 `build_tiny_models(out_dir)` writes `tiny-flux`, `tiny-sd15`, `tiny-sdxl`, `tiny-sd3`, `tiny-flux-kontext` (FLUX's
-architecture, declared as a Kontext checkpoint taking up to 3 input images) and `tiny-flux-fill` (a FLUX.1 Fill
+architecture, declared as a Kontext checkpoint taking up to 16 input images) and `tiny-flux-fill` (a FLUX.1 Fill
 transformer) under `out_dir` as
 ordinary diffusers folders (safetensors only) plus a `models.toml` registering them, and returns that file's
 path. Every component is built locally from fixed seeds, tokenizers included (trained here on a small
-built-in corpus), so the build needs no network. Shapes follow the real families (8x VAE downsampling,
+built-in corpus), so the build needs no network. The denoisers and text encoders keep random weights; the VAEs
+get a few seconds of autoencoder training (tiny_vae.py) so that an input image survives encode -> decode and
+image-to-image strength has a visible effect. Shapes follow the real families (8x VAE downsampling,
 2x2 transformer patches, CLIP's 77-token window, the real VAE scaling factors) while channels, layers and
 heads are cut down so a 1024x1024 image takes a fraction of a second on a CPU.
 
@@ -16,6 +18,7 @@ whose marker matches returns at once. Each folder is built under a temporary nam
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-4"
+BUILD_VERSION = "tiny-models-5"
+VAE_SEED = 7
 MARKER = ".complete"
 
 OPENAI_ALIASES = (
@@ -171,7 +175,7 @@ def models_toml() -> str:
             f"""
 [models.{entry.name}]
 family = "{entry.family}"
-description = "Tiny random-weight {entry.family} test model: outputs noise, for tests only."
+description = "Tiny {entry.family} test model (random denoiser, briefly trained VAE): for tests only."
 source = {{ path = "{entry.name}" }}
 aliases = {json.dumps(list(entry.aliases))}
 default_size = "{entry.default_size}"
@@ -383,13 +387,29 @@ def _t5_encoder(tokenizer: T5Tokenizer, seed: int) -> Any:
     return T5EncoderModel(config).eval()
 
 
-def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None, seed: int) -> Any:
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None) -> Any:
+    flow_vae = shift_factor is not None
+    vae = _vae_architecture(latent_channels, flow_vae, scaling_factor, shift_factor)
+    vae.load_state_dict(_trained_vae_weights(latent_channels, flow_vae))
+    return vae.eval()
+
+
+@functools.cache
+def _trained_vae_weights(latent_channels: int, flow_vae: bool) -> dict[str, Any]:
+    """Weights of an autoencoder trained briefly to reconstruct pictures (see tiny_vae.py): trained once per
+    architecture in a process, and shared by the families that have that architecture."""
+    from localimg.testing.tiny_vae import train_autoencoder
+
+    _seeded(VAE_SEED)
+    vae = train_autoencoder(_vae_architecture(latent_channels, flow_vae, 1.0, 0.0 if flow_vae else None), VAE_SEED)
+    return {name: tensor.detach().clone() for name, tensor in vae.state_dict().items()}
+
+
+def _vae_architecture(latent_channels: int, flow_vae: bool, scaling_factor: float, shift_factor: float | None) -> Any:
     from diffusers import AutoencoderKL
 
-    _seeded(seed)
     # Four blocks give the real 8x downsampling. The mid-block attention is dropped: at 1024px it would
     # attend over 16k latent positions and dominate the run time.
-    flow_vae = shift_factor is not None
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -405,7 +425,7 @@ def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None
         use_quant_conv=not flow_vae,  # the FLUX and SD3 VAEs have no quant convs
         use_post_quant_conv=not flow_vae,
         mid_block_add_attention=False,
-    ).eval()
+    )
 
 
 def _flow_scheduler(*, dynamic: bool) -> Any:
@@ -493,7 +513,7 @@ def _flux_components(
     ).eval()
     return dict(
         scheduler=_flow_scheduler(dynamic=True),
-        vae=_vae(16, 0.3611, 0.1159, seed=seed + 1),
+        vae=_vae(16, 0.3611, 0.1159),
         text_encoder=_clip_text_model(tok.clip, seed=seed + 2),
         tokenizer=tok.clip,
         text_encoder_2=_t5_encoder(tok.t5, seed=seed + 3),
@@ -506,7 +526,7 @@ def _sd15_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=_vae(4, 0.18215, None, seed=21),
+        vae=_vae(4, 0.18215, None),
         text_encoder=_clip_text_model(tok.clip, seed=22),
         tokenizer=tok.clip,
         unet=_unet(cross_attention_dim=CLIP_HIDDEN, sample_size=64, seed=20),
@@ -532,7 +552,7 @@ def _sdxl_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
         use_linear_projection=True,
     )
     return StableDiffusionXLPipeline(
-        vae=_vae(4, 0.13025, None, seed=31),
+        vae=_vae(4, 0.13025, None),
         text_encoder=_clip_text_model(tok.clip, seed=32),
         text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=33),
         tokenizer=tok.clip,
@@ -562,7 +582,7 @@ def _sd3_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=_flow_scheduler(dynamic=False),
-        vae=_vae(16, 1.5305, 0.0609, seed=41),
+        vae=_vae(16, 1.5305, 0.0609),
         text_encoder=_clip_text_model_with_projection(tok.clip, seed=42),
         tokenizer=tok.clip,
         text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=43),
