@@ -141,19 +141,26 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke run, not a measurement)")
-    parser.add_argument("--models", default="", help="comma-separated subset (default: all)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median reported)")
+    parser.add_argument("--models", default="", help="comma-separated subset (default: all; --tiny: tiny-flux)")
+    parser.add_argument("--repeats", type=int, help="timed runs per stage, median reported (default 5; --tiny: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing, per stage")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N (ignored with --tiny)")
     parser.add_argument("--work-dir", default=str(REPO_ROOT / ".bench"), help="model folders, caches, logs")
     parser.add_argument("--out", default="", help="write the JSON report here")
     parser.add_argument("--ablate", action="store_true", help="one engine run per optimization toggled")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP stages")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the concurrency run")
+    parser.add_argument("--clients", type=int, help="concurrent clients in the concurrency run (default 4; --tiny: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
     parser.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp"))
     parser.add_argument("--keep-weights", action="store_true", help="keep the full-size folders (disk!)")
     args = parser.parse_args(argv)
+    # A --tiny run is a smoke test of the code path (CI runs it): by default one model and few repeats, ~30 s.
+    if args.repeats is None:
+        args.repeats = 2 if args.tiny else 5
+    if args.clients is None:
+        args.clients = 2 if args.tiny else 4
+    if args.tiny and not args.models:
+        args.models = "tiny-flux"
     if args.repeats < 1 or args.warmup < 0 or args.clients < 1:
         parser.error("--repeats >= 1, --warmup >= 0, --clients >= 1")
     return args
@@ -234,9 +241,11 @@ def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path)
     if args.tiny:
         from localimg.testing.tiny import build_tiny_models
 
-        build_tiny_models(work / "tiny")
+        # The same cache as the tests' (tests/conftest.py), so a smoke run after the tests builds nothing.
+        tiny_dir = Path(os.environ.get("LOCALIMG_TINY_DIR", REPO_ROOT / ".tiny"))
+        build_tiny_models(tiny_dir)
         toml = work / f"{case.name}.toml"
-        toml.write_text(models_toml(case, work / "tiny" / case.name, work))
+        toml.write_text(models_toml(case, tiny_dir / case.name, work))
         return toml, None
     import torch
 
