@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-5"
+BUILD_VERSION = "tiny-models-6"
 VAE_SEED = 7
 MARKER = ".complete"
 
