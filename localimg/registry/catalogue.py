@@ -41,7 +41,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,12 +49,22 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from localimg.errors import RegistryError
+from localimg.registry.optimize import OptimizeSettings, parse_optimize
+from localimg.registry.values import (
+    DEVICE_KINDS,
+    DTYPES,
+    FAMILIES,
+    QUALITY_LEVELS,
+    Family,
+    ImageSize,
+    ModelSource,
+    QualityPreset,
+    SizeLimits,
+    reject_unknown,
+    resolve_path,
+    typed_value,
+)
 
-Family = Literal["flux", "sd15", "sdxl", "sd3"]
-FAMILIES: tuple[Family, ...] = ("flux", "sd15", "sdxl", "sd3")
-QUALITY_LEVELS = ("low", "medium", "high")
-DEVICE_KINDS = ("cuda", "mps", "cpu")
-DTYPES = ("float32", "float16", "bfloat16")
 # Checkpoint variants a family's adapter knows, beyond the family's base model (see backends/flux.py).
 VARIANTS: Mapping[Family, tuple[str, ...]] = {
     "flux": ("base", "kontext", "fill"),
@@ -66,59 +76,6 @@ VARIANTS: Mapping[Family, tuple[str, ...]] = {
 REFERENCE_VARIANTS = frozenset({"kontext"})
 MAX_INPUT_IMAGES = 16  # OpenAI's limit for `image[]` on /v1/images/edits
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-
-
-@dataclass(frozen=True, order=True)
-class ImageSize:
-    width: int
-    height: int
-
-    @classmethod
-    def parse(cls, text: str) -> ImageSize | None:
-        """`"1024x768"` -> ImageSize(1024, 768); None when the text is not `WIDTHxHEIGHT`."""
-        match = _SIZE.match(text)
-        return cls(int(match[1]), int(match[2])) if match else None
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-    def __str__(self) -> str:
-        return f"{self.width}x{self.height}"
-
-
-@dataclass(frozen=True)
-class SizeLimits:
-    min_side: int = 256
-    max_side: int = 2048
-    max_pixels: int = 2048 * 2048
-    multiple_of: int = 16
-
-
-@dataclass(frozen=True)
-class QualityPreset:
-    steps: int
-    guidance: float
-    max_sequence_length: int | None = None
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights are. Exactly one of `path`, `repo`, `file` is set."""
-
-    path: Path | None = None
-    repo: str | None = None
-    revision: str = "main"
-    file: Path | None = None
-    config: str | None = None  # single-file only: a local diffusers folder or a cached repo id
-
-    def describe(self) -> str:
-        if self.path is not None:
-            return f"local folder {self.path}"
-        if self.repo is not None:
-            return f"Hugging Face cache entry {self.repo}@{self.revision}"
-        return f"single file {self.file} (config {self.config})"
 
 
 @dataclass(frozen=True)
@@ -233,7 +190,7 @@ class Registry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Registry:
         where = str(path) if path else "models.toml"
-        _reject_unknown(data, {"default_model", "models", "matting"}, where, "top level")
+        reject_unknown(data, {"default_model", "models", "matting"}, where, "top level")
         tables = data.get("models")
         if not isinstance(tables, dict) or not tables:
             raise RegistryError(f"{where}: needs at least one [models.NAME] table")
@@ -291,7 +248,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         "family", "source", "aliases", "description", "default_size", "limits", "quality",
         "max_batch", "allow_pickle", "dtype", "variant", "max_input_images", "references_model", "optimize",
     }  # fmt: skip
-    _reject_unknown(table, allowed, where, f"[models.{name}]")
+    reject_unknown(table, allowed, where, f"[models.{name}]")
     family = table.get("family")
     if family not in FAMILIES:
         raise RegistryError(f"{ctx}: family = {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -299,29 +256,29 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
     if "source" not in table:
         raise RegistryError(f"{ctx}: missing key 'source' (a path, repo or file table)")
     source = _parse_source(table["source"], base_dir, ctx)
-    aliases = _typed(table, "aliases", list, [], ctx)
+    aliases = typed_value(table, "aliases", list, [], ctx)
     for alias in aliases:
         if not isinstance(alias, str) or not _NAME.match(alias):
             raise RegistryError(f"{ctx}: aliases: {alias!r} is not a valid model id")
-    size_text = _typed(table, "default_size", str, str(defaults.default_size), ctx)
+    size_text = typed_value(table, "default_size", str, str(defaults.default_size), ctx)
     default_size = ImageSize.parse(size_text)
     if default_size is None:
         raise RegistryError(f"{ctx}: default_size = {size_text!r}; expected WIDTHxHEIGHT")
     limits = _parse_limits(table.get("limits", {}), defaults.limits, ctx)
     quality, auto_quality = _parse_quality(table.get("quality", {}), defaults.quality, ctx)
-    dtype = _typed(table, "dtype", dict, {}, ctx)
+    dtype = typed_value(table, "dtype", dict, {}, ctx)
     for device, value in dtype.items():
         if device not in DEVICE_KINDS or value not in DTYPES:
             raise RegistryError(
                 f"{ctx}: dtype.{device} = {value!r}; keys are {', '.join(DEVICE_KINDS)}, values {', '.join(DTYPES)}"
             )
-    max_batch = _typed(table, "max_batch", int, 4, ctx)
+    max_batch = typed_value(table, "max_batch", int, 4, ctx)
     if max_batch < 1:
         raise RegistryError(f"{ctx}: max_batch must be >= 1")
-    variant = _typed(table, "variant", str, "base", ctx)
+    variant = typed_value(table, "variant", str, "base", ctx)
     if variant not in VARIANTS[family]:
         raise RegistryError(f"{ctx}: variant = {variant!r}; {family} models are one of {', '.join(VARIANTS[family])}")
-    max_input_images = _typed(table, "max_input_images", int, 1, ctx)
+    max_input_images = typed_value(table, "max_input_images", int, 1, ctx)
     if not 1 <= max_input_images <= MAX_INPUT_IMAGES:
         raise RegistryError(f"{ctx}: max_input_images must be an integer in 1..{MAX_INPUT_IMAGES}")
     if max_input_images > 1 and variant not in REFERENCE_VARIANTS:
@@ -338,13 +295,13 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         default_size=default_size,
         limits=limits,
         aliases=tuple(aliases),
-        description=_typed(table, "description", str, "", ctx),
+        description=typed_value(table, "description", str, "", ctx),
         max_batch=max_batch,
-        allow_pickle=_typed(table, "allow_pickle", bool, False, ctx),
+        allow_pickle=typed_value(table, "allow_pickle", bool, False, ctx),
         dtype=dtype,
         variant=variant,
         max_input_images=max_input_images,
-        references_model=_typed(table, "references_model", str, None, ctx) if "references_model" in table else None,
+        references_model=typed_value(table, "references_model", str, "", ctx) or None,
         optimize=parse_optimize(table.get("optimize", {}), family, base_dir, ctx),
     )
 
@@ -357,12 +314,12 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
         raise RegistryError(f"{ctx}: source needs exactly one of 'path', 'repo', 'file' (got {sorted(value)})")
     kind = kinds[0]
     allowed = {"path": {"path"}, "repo": {"repo", "revision"}, "file": {"file", "config"}}[kind]
-    _reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} source")
+    reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} source")
     for key, item in value.items():
         if not isinstance(item, str) or not item:
             raise RegistryError(f"{ctx}: source.{key} must be a non-empty string")
     if kind == "path":
-        return ModelSource(path=_resolve_path(value["path"], base_dir))
+        return ModelSource(path=resolve_path(value["path"], base_dir))
     if kind == "repo":
         if value["repo"].count("/") != 1:
             raise RegistryError(f"{ctx}: source.repo = {value['repo']!r}; expected 'owner/name'")
@@ -372,31 +329,31 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     config = value["config"]
     # A config is a repo id ("owner/name") read from the cache, or a folder (relative to the file).
     if not (config.count("/") == 1 and not config.startswith((".", "/")) and not (base_dir / config).exists()):
-        config = str(_resolve_path(config, base_dir))
-    return ModelSource(file=_resolve_path(value["file"], base_dir), config=config)
+        config = str(resolve_path(config, base_dir))
+    return ModelSource(file=resolve_path(value["file"], base_dir), config=config)
 
 
 def _parse_matting(table: Any, base_dir: Path, where: str) -> MattingSpec:
     ctx = f"{where}: [matting]"
     if not isinstance(table, dict):
         raise RegistryError(f"{ctx}: must be a table")
-    _reject_unknown(table, {"source", "trust_remote_code", "input_size"}, where, "[matting]")
+    reject_unknown(table, {"source", "trust_remote_code", "input_size"}, where, "[matting]")
     if "source" not in table:
         raise RegistryError(f"{ctx}: missing key 'source' (a path or repo table)")
     source = _parse_source(table["source"], base_dir, ctx)
     if source.file is not None:
         raise RegistryError(f"{ctx}: source must be a path or repo (a transformers model folder), not a file")
-    input_size = _typed(table, "input_size", int, 1024, ctx)
+    input_size = typed_value(table, "input_size", int, 1024, ctx)
     if not 64 <= input_size <= 4096:
         raise RegistryError(f"{ctx}: input_size must be an integer in 64..4096")
-    return MattingSpec(source, _typed(table, "trust_remote_code", bool, False, ctx), input_size)
+    return MattingSpec(source, typed_value(table, "trust_remote_code", bool, False, ctx), input_size)
 
 
 def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
     if not isinstance(value, dict):
         raise RegistryError(f"{ctx}: limits must be a table")
     known = {"min_side", "max_side", "max_pixels", "multiple_of"}
-    _reject_unknown(value, known, ctx.split(": ")[0], f"{ctx.split(': ')[1]} limits")
+    reject_unknown(value, known, ctx.split(": ")[0], f"{ctx.split(': ')[1]} limits")
     for key, item in value.items():
         if not isinstance(item, int) or isinstance(item, bool) or item < 1:
             raise RegistryError(f"{ctx}: limits.{key} must be a positive integer")
@@ -409,7 +366,7 @@ def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
 def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) -> tuple[dict[str, QualityPreset], str]:
     if not isinstance(value, dict):
         raise RegistryError(f"{ctx}: quality must be a table")
-    _reject_unknown(value, {"auto", *QUALITY_LEVELS}, ctx.split(": ")[0], f"{ctx.split(': ')[1]} quality")
+    reject_unknown(value, {"auto", *QUALITY_LEVELS}, ctx.split(": ")[0], f"{ctx.split(': ')[1]} quality")
     presets = dict(defaults)
     for level in QUALITY_LEVELS:
         if level not in value:
@@ -417,7 +374,7 @@ def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) 
         table = value[level]
         if not isinstance(table, dict):
             raise RegistryError(f"{ctx}: quality.{level} must be a table like {{ steps = 28, guidance = 3.5 }}")
-        _reject_unknown(
+        reject_unknown(
             table, {"steps", "guidance", "max_sequence_length"}, ctx.split(": ")[0],
             f"{ctx.split(': ')[1]} quality.{level}",
         )  # fmt: skip
@@ -464,105 +421,3 @@ def _check_aliases(models: Mapping[str, ModelSpec], where: str) -> None:
                     f"{where}: alias {alias!r} is declared by both [models.{owner[alias]}] and [models.{spec.name}]"
                 )
             owner[alias] = spec.name
-
-
-def _resolve_path(text: str, base_dir: Path) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
-
-
-def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any, ctx: str) -> Any:
-    value = table.get(key, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RegistryError(f"{ctx}: {key} must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str, ctx: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise RegistryError(
-            f"{where}: {ctx}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-# --- [models.NAME.optimize]: speed options (applied by localimg/backends/optimizations.py) -------------------
-
-OPTIMIZE_PRESETS = ("off", "lossless", "fast")
-ATTENTION_CHOICES = ("auto", "default", "cudnn", "flash", "efficient", "math")
-STEP_CACHES = ("off", "first_block", "taylorseer")
-_TRISTATE_KEYS = ("compile", "compile_vae", "compile_dynamic", "cuda_graphs", "fuse_qkv", "channels_last", "sync_free")
-
-
-@dataclass(frozen=True)
-class OptimizeSettings:
-    """A model's speed options. `None` means "auto": decided per device and family when the model loads
-    (lossless options on for CUDA, everything but the prompt cache off elsewhere).
-
-    `preset` sets the defaults of the others: "off" (plain diffusers), "lossless" (same images, faster) or "fast"
-    (lossless plus the lossy fp8 GEMMs and first-block step caching; images change). Keys given explicitly win.
-    """
-
-    preset: str = "lossless"
-    attention: str = "auto"  # SDPA backend put first in torch's priority order
-    attention_dispatch: str | None = None  # a diffusers attention-dispatcher backend name, e.g. "_native_cudnn"
-    compile: bool | None = None  # regional torch.compile of the repeated blocks (whole UNet for UNet families)
-    compile_vae: bool | None = None  # torch.compile of the VAE decoder
-    compile_dynamic: bool | None = None  # torch.compile(dynamic=...); None: torch decides (dynamic after a recompile)
-    cuda_graphs: bool | None = None  # UNet families: compile with mode="reduce-overhead"
-    fuse_qkv: bool | None = None
-    channels_last: bool | None = None  # UNet and VAE in channels_last memory format
-    sync_free: bool | None = None  # start every schedule at index 0 instead of searching it (a device sync)
-    prompt_cache: int = 32  # prompt embeddings kept (LRU); 0 turns the cache off
-    fp8: bool | None = None  # lossy: torchao fp8 dynamic quantization of the denoiser (CUDA sm89+ only)
-    step_cache: str | None = None  # lossy: "off" | "first_block" | "taylorseer" (transformer families)
-    step_cache_threshold: float = 0.05  # first_block: residual change under which the other blocks are skipped
-    warmup_sizes: tuple[ImageSize, ...] | None = None  # None: the default size when anything is compiled
-    compile_cache_dir: Path | None = None  # torch's inductor/triton cache; None: torch's default (or its env vars)
-
-
-def parse_optimize(value: Any, family: Family, base_dir: Path, ctx: str) -> OptimizeSettings:
-    """Validate an `[models.NAME.optimize]` table."""
-    if not isinstance(value, dict):
-        raise RegistryError(f"{ctx}: optimize must be a table")
-    allowed = {f for f in OptimizeSettings.__dataclass_fields__}
-    _reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} optimize")
-    fields: dict[str, Any] = {}
-    for key, choices in (("preset", OPTIMIZE_PRESETS), ("attention", ATTENTION_CHOICES), ("step_cache", STEP_CACHES)):
-        if key in value:
-            if value[key] not in choices:
-                raise RegistryError(f"{ctx}: optimize.{key} = {value[key]!r}; expected one of {', '.join(choices)}")
-            fields[key] = value[key]
-    for key in (*_TRISTATE_KEYS, "fp8"):
-        if key in value:
-            item = value[key]
-            if item != "auto" and not isinstance(item, bool):
-                raise RegistryError(f'{ctx}: optimize.{key} = {item!r}; expected true, false or "auto"')
-            fields[key] = None if item == "auto" else item
-    if "attention_dispatch" in value:
-        fields["attention_dispatch"] = _typed(value, "attention_dispatch", str, None, f"{ctx}: optimize")
-    if "prompt_cache" in value:
-        size = _typed(value, "prompt_cache", int, 0, f"{ctx}: optimize")
-        if not 0 <= size <= 4096:
-            raise RegistryError(f"{ctx}: optimize.prompt_cache must be an integer in 0..4096 (0 = off)")
-        fields["prompt_cache"] = size
-    if "step_cache_threshold" in value:
-        threshold = value["step_cache_threshold"]
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
-            raise RegistryError(f"{ctx}: optimize.step_cache_threshold must be a number between 0 and 1")
-        fields["step_cache_threshold"] = float(threshold)
-    if fields.get("step_cache", "off") != "off" and family not in ("flux", "sd3"):
-        raise RegistryError(f"{ctx}: optimize.step_cache works with transformer families (flux, sd3), not {family}")
-    if fields.get("cuda_graphs") and family not in ("sd15", "sdxl"):
-        raise RegistryError(f"{ctx}: optimize.cuda_graphs is for the UNet families (sd15, sdxl), not {family}")
-    if "warmup_sizes" in value:
-        sizes = _typed(value, "warmup_sizes", list, [], f"{ctx}: optimize")
-        parsed = [ImageSize.parse(item) if isinstance(item, str) else None for item in sizes]
-        if any(size is None for size in parsed):
-            raise RegistryError(f'{ctx}: optimize.warmup_sizes must be a list of "WIDTHxHEIGHT" strings')
-        fields["warmup_sizes"] = tuple(size for size in parsed if size is not None)
-    if "compile_cache_dir" in value:
-        fields["compile_cache_dir"] = _resolve_path(
-            _typed(value, "compile_cache_dir", str, "", f"{ctx}: optimize"), base_dir
-        )
-    return OptimizeSettings(**fields)

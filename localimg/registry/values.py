@@ -1,0 +1,90 @@
+"""The value types of models.toml (sizes, limits, presets, weight sources) and the checks its parser shares."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from localimg.errors import RegistryError
+
+Family = Literal["flux", "sd15", "sdxl", "sd3"]
+FAMILIES: tuple[Family, ...] = ("flux", "sd15", "sdxl", "sd3")
+QUALITY_LEVELS = ("low", "medium", "high")
+DEVICE_KINDS = ("cuda", "mps", "cpu")
+DTYPES = ("float32", "float16", "bfloat16")
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+@dataclass(frozen=True, order=True)
+class ImageSize:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> ImageSize | None:
+        """`"1024x768"` -> ImageSize(1024, 768); None when the text is not `WIDTHxHEIGHT`."""
+        match = _SIZE.match(text)
+        return cls(int(match[1]), int(match[2])) if match else None
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    min_side: int = 256
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    multiple_of: int = 16
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    steps: int
+    guidance: float
+    max_sequence_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are. Exactly one of `path`, `repo`, `file` is set."""
+
+    path: Path | None = None
+    repo: str | None = None
+    revision: str = "main"
+    file: Path | None = None
+    config: str | None = None  # single-file only: a local diffusers folder or a cached repo id
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"local folder {self.path}"
+        if self.repo is not None:
+            return f"Hugging Face cache entry {self.repo}@{self.revision}"
+        return f"single file {self.file} (config {self.config})"
+
+
+def resolve_path(text: str, base_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def typed_value(table: Mapping[str, Any], key: str, kind: type, default: Any, ctx: str) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RegistryError(f"{ctx}: {key} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str, ctx: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RegistryError(
+            f"{where}: {ctx}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
