@@ -1,7 +1,7 @@
 """Full-size random-weight pipelines from the real configs, for GPU benchmarks (speed does not depend on weight
 values). Transformers/UNets, VAEs and text encoders (T5-XXL, CLIP-L, CLIP-G) have their published shapes; the
-tokenizers are the tiny locally trained ones from `localimg.testing.tiny` (tokenizing costs nothing measurable,
-and their ids fit the full vocabularies). Nothing is downloaded.
+tokenizers are the tiny locally trained ones from `localimg.testing.tiny_tokenizers` (tokenizing costs nothing
+measurable, and their ids fit the full vocabularies). Nothing is downloaded.
 
 `build_full_size(name, device)` constructs the pipeline directly on `device` in bfloat16 (no CPU copy, no init
 on the host), ready to be saved with `save_pretrained` and/or timed in memory.
@@ -37,7 +37,7 @@ def build_full_size(name: str, device: torch.device) -> DiffusionPipeline:
     """One of `FULL_SIZE_MODELS`, built on `device` in bfloat16 with random weights."""
     import torch
 
-    from localimg.testing.tiny import _build_tokenizers
+    from localimg.testing.tiny_tokenizers import build_tokenizers
 
     builders: dict[str, Callable[[Any, Any], DiffusionPipeline]] = {
         "flux-dev": lambda tok, scheduler: _flux(tok, scheduler, dev=True),
@@ -49,7 +49,7 @@ def build_full_size(name: str, device: torch.device) -> DiffusionPipeline:
     }
     if name not in builders:
         raise ValueError(f"unknown full-size model {name!r}; known: {', '.join(builders)}")
-    tokenizers = _build_tokenizers()
+    tokenizers = build_tokenizers()
     scheduler = _scheduler(name)  # outside the device/dtype context: schedulers keep float32 tables on the CPU
     previous = torch.get_default_dtype()
     torch.manual_seed(0)

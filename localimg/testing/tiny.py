@@ -20,17 +20,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
-import re
 import shutil
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from localimg.testing.tiny_tokenizers import CLIP_MAX_LENGTH, Tokenizers, build_tokenizers
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -46,50 +44,8 @@ OPENAI_ALIASES = (
     "chatgpt-image-latest", "dall-e-3", "dall-e-2",
 )  # fmt: skip
 
-CLIP_MAX_LENGTH = 77
-T5_MAX_LENGTH = 512
-CLIP_VOCAB_TARGET = 1000
 CLIP_HIDDEN = 32
 T5_D_MODEL = 64  # >= the two CLIP widths concatenated, which SD3 pads up to the T5 width
-
-_CORPUS = """
-A photo of an astronaut riding a horse on the moon, highly detailed, dramatic lighting, 8k.
-A watercolor painting of a quiet harbor at sunrise with small fishing boats and seagulls.
-Portrait of an old sailor with a grey beard, oil painting, warm colors, soft light, studio.
-A cozy cabin in a snowy forest at night, warm light glowing from the windows, stars above.
-A red fox sitting in a field of tall golden grass, shallow depth of field, morning mist.
-Cyberpunk city street in the rain, neon signs, reflections on wet asphalt, cinematic shot.
-A bowl of fresh fruit on a wooden table: apples, oranges, grapes and a single yellow pear.
-An isometric illustration of a tiny island with a lighthouse, palm trees and blue water.
-A minimalist logo of a mountain and a river, flat vector design, two colors, white background.
-A cat wearing a tiny knitted hat, sleeping on a pile of books next to a cup of tea.
-Macro photograph of a dragonfly on a leaf covered with dew drops, sharp focus, bokeh.
-A medieval castle on a cliff above the sea, storm clouds, lightning, epic fantasy art.
-Children playing in a park in autumn, colorful leaves, sunny afternoon, candid photo.
-A futuristic train crossing a glass bridge between two skyscrapers, clean architecture.
-Still life with flowers in a blue vase, roses, tulips and daisies, impressionist style.
-A desert landscape with sand dunes and a caravan of camels under a huge orange sun.
-An underwater scene with coral reefs, bright tropical fish, turtles and rays of light.
-A robot chef cooking pancakes in a bright modern kitchen, playful 3d render, pastel colors.
-A black and white street photograph of people walking under umbrellas in a busy city.
-A map of an imaginary kingdom drawn on old paper, with forests, rivers, roads and towns.
-Close-up of a vintage camera on a desk, film rolls, notebook and pencil, natural light.
-A friendly dragon reading a newspaper in a library, children's book illustration.
-Aerial view of green rice terraces in the mountains, winding paths, small houses, clouds.
-A glass of iced coffee with milk swirling inside, product photography, clean background.
-Sketch of a running horse in charcoal, loose lines, dynamic motion, on textured paper.
-A neon sign that says "open late" in a dark alley, pink and blue glow, 35mm film grain.
-Two hikers on a ridge at sunset, long shadows, wide angle, vivid sky, high contrast.
-An astronaut's helmet reflecting a distant planet, science fiction poster, bold typography.
-Small wooden boat on a calm lake, mountains reflected in the water, early morning, serene.
-A garden of giant mushrooms glowing in the dark, fireflies, magical, soft focus, dreamy.
-"""
-
-
-@dataclass(frozen=True)
-class _Tokenizers:
-    clip: CLIPTokenizer
-    t5: T5Tokenizer
 
 
 @dataclass(frozen=True)
@@ -145,8 +101,8 @@ def build_tiny_models(out_dir: Path, *, force: bool = False) -> Path:
             return toml_path
         (out_dir / MARKER).unlink(missing_ok=True)
         _remove_partials(out_dir)
-        tokenizers = _build_tokenizers()
-        builders: dict[str, Callable[[_Tokenizers], DiffusionPipeline]] = {
+        tokenizers = build_tokenizers()
+        builders: dict[str, Callable[[Tokenizers], DiffusionPipeline]] = {
             "tiny-flux": _flux_pipeline,
             "tiny-flux-kontext": _flux_kontext_pipeline,
             "tiny-flux-fill": _flux_fill_pipeline,
@@ -244,86 +200,6 @@ def _write_atomically(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
     staging.write_text(text, encoding="utf-8")
     staging.replace(path)
-
-
-# --- tokenizers --------------------------------------------------------------------------------------------
-
-
-def _build_tokenizers() -> _Tokenizers:
-    return _Tokenizers(clip=_clip_tokenizer(), t5=_t5_tokenizer())
-
-
-def _clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE tokenizer shaped like CLIP's: all 512 base symbols, merges learnt from the corpus."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
-
-    # The empty tokenizer supplies CLIP's own normaliser and pre-tokeniser, so training sees the same words.
-    backend = CLIPTokenizer().backend_tokenizer
-    words = Counter(
-        word for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(_CORPUS))
-    )
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for symbol in [*alphabet, *(f"{char}</w>" for char in alphabet)]:
-        vocab.setdefault(symbol, len(vocab))
-    merges = _learn_bpe_merges(words, max_merges=CLIP_VOCAB_TARGET - len(vocab) - 2)
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
-
-
-def _learn_bpe_merges(words: Counter[str], max_merges: int) -> list[tuple[str, str]]:
-    """Plain BPE training; ties go to the lexicographically smallest pair so the result is reproducible."""
-    splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, count in words.items():
-            symbols = splits[word]
-            for pair in pairwise(symbols):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        for word, symbols in splits.items():
-            splits[word] = _merge_pair(symbols, best)
-    return merges
-
-
-def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    merged: list[str] = []
-    i = 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-            merged.append(symbols[i] + symbols[i + 1])
-            i += 2
-        else:
-            merged.append(symbols[i])
-            i += 1
-    return merged
-
-
-def _t5_tokenizer() -> T5Tokenizer:
-    """A Unigram (SentencePiece-style) vocabulary: corpus words, then single characters as the fallback."""
-    from transformers import T5Tokenizer
-
-    words = Counter(re.findall(r"\w+|[^\w\s]", _CORPUS))
-    chars = Counter(char for word, count in words.items() for char in word * count)
-    for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()":
-        chars[char] += 1
-    total = sum(words.values()) + sum(chars.values())
-    pieces: dict[str, float] = {"▁": math.log(1 / total)}
-    for word, count in words.most_common():
-        pieces[f"▁{word}"] = math.log(count / total)
-    # Characters score well below any word, so known words stay whole and unknown ones split into characters.
-    for char, count in sorted(chars.items()):
-        pieces.setdefault(char, math.log(count / total) - 10.0)
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces.items()]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
 # --- shared components -------------------------------------------------------------------------------------
@@ -472,20 +348,20 @@ def _unet(*, cross_attention_dim: int, sample_size: int, seed: int, **extra: Any
 # --- pipelines ---------------------------------------------------------------------------------------------
 
 
-def _flux_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _flux_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     from diffusers import FluxPipeline
 
     return FluxPipeline(**_flux_components(tok, seed=10))
 
 
-def _flux_kontext_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _flux_kontext_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     # FLUX.1 Kontext has FLUX.1's architecture; its checkpoints name FluxKontextPipeline in model_index.json.
     from diffusers import FluxKontextPipeline
 
     return FluxKontextPipeline(**_flux_components(tok, seed=50))
 
 
-def _flux_fill_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _flux_fill_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     from diffusers import FluxFillPipeline
 
     # FLUX.1 Fill's transformer also reads the packed masked-image latents (64) and the packed 8x8 mask (256).
@@ -493,7 +369,7 @@ def _flux_fill_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
 
 
 def _flux_components(
-    tok: _Tokenizers, seed: int, in_channels: int = 16 * 4, out_channels: int | None = None
+    tok: Tokenizers, seed: int, in_channels: int = 16 * 4, out_channels: int | None = None
 ) -> dict[str, Any]:
     from diffusers import FluxTransformer2DModel
 
@@ -522,7 +398,7 @@ def _flux_components(
     )
 
 
-def _sd15_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _sd15_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
@@ -537,7 +413,7 @@ def _sd15_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
     )
 
 
-def _sdxl_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _sdxl_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     from diffusers import StableDiffusionXLPipeline
 
     time_embed_dim = 8
@@ -562,7 +438,7 @@ def _sdxl_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
     )
 
 
-def _sd3_pipeline(tok: _Tokenizers) -> DiffusionPipeline:
+def _sd3_pipeline(tok: Tokenizers) -> DiffusionPipeline:
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     _seeded(40)
