@@ -41,7 +41,7 @@ async def create_image_edit(request: Request) -> ImagesResponse | StreamingRespo
     if _is_json(request):
         body, images, mask = _edit_from_json(await _json_object(request))
     else:
-        body, images, mask = _edit_from_form(await _form(request, max_files=_MAX_FILE_PARTS))
+        body, images, mask = await _edit_from_form(await _form(request, max_files=_MAX_FILE_PARTS))
     service = service_of(request)
     if body.stream:
         job = await service.plan_edit(body, images, mask)  # before the first byte: a bad request is a plain 400
@@ -56,7 +56,7 @@ async def create_image_variation(request: Request) -> ImagesResponse:
             "/images/variations takes multipart/form-data with an 'image' file.", code="invalid_content_type"
         )
     form = await _form(request, max_files=1)
-    fields, files = _split(form, allowed_files={"image"})
+    fields, files = await _split(form, allowed_files={"image"})
     if "image" not in files:
         raise _missing("image")
     body = _validated(ImageVariationRequest, fields, strict=False)
@@ -64,14 +64,14 @@ async def create_image_variation(request: Request) -> ImagesResponse:
     return await cancel_on_disconnect(request, variation)
 
 
-def _edit_from_form(form: FormData) -> tuple[ImageEditRequest, list[Upload], Upload | None]:
+async def _edit_from_form(form: FormData) -> tuple[ImageEditRequest, list[Upload], Upload | None]:
     if isinstance(form.get("images"), UploadFile):
         raise InvalidRequestError(
             "For multipart/form-data use 'image' or 'image[]' for the image files, not 'images'.",
             param="images",
             code="unknown_parameter",
         )
-    fields, files = _split(form, allowed_files=_EDIT_FILES)
+    fields, files = await _split(form, allowed_files=_EDIT_FILES)
     single, array = files.get("image", []), files.get("image[]", [])
     parts = [*single, *array]
     if not parts:
@@ -146,7 +146,7 @@ def _referenced_bytes(ref: Any, param: str) -> bytes:
         ) from None
 
 
-def _split(form: FormData, *, allowed_files: set[str]) -> tuple[dict[str, str], dict[str, list[Upload]]]:
+async def _split(form: FormData, *, allowed_files: set[str]) -> tuple[dict[str, str], dict[str, list[Upload]]]:
     """Text fields (the last value of a repeated key wins) and file parts by name, in order."""
     fields: dict[str, str] = {}
     files: dict[str, list[Upload]] = {}
@@ -156,7 +156,7 @@ def _split(form: FormData, *, allowed_files: set[str]) -> tuple[dict[str, str], 
                 raise InvalidRequestError(
                     f"Invalid type for '{key}': expected a text value, but got a file.", param=key, code="invalid_type"
                 )
-            files.setdefault(key, []).append(Upload(key, value.file.read()))
+            files.setdefault(key, []).append(Upload(key, await value.read()))  # off the loop if spooled to disk
         elif key in allowed_files:
             raise InvalidRequestError(
                 f"Invalid type for '{key}': expected a file, but got a text value.", param=key, code="invalid_type"

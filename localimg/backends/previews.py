@@ -35,7 +35,6 @@ class _Step:
     sample: torch.Tensor  # the latent the step started from
     prev_sample: torch.Tensor  # the latent it produced
     pred_original_sample: torch.Tensor | None  # x0, when the scheduler reports it
-    sigma: float | None  # the noise level the step started from, for sigma-based schedulers
 
 
 class DenoisingTap:
@@ -59,7 +58,8 @@ class DenoisingTap:
             model_output, timestep, sample = given["model_output"], given["timestep"], given["sample"]
             values = out if isinstance(out, tuple) else (out.prev_sample, getattr(out, "pred_original_sample", None))
             x0 = values[1] if len(values) > 1 and isinstance(values[1], torch.Tensor) else None
-            self._last = _Step(model_output, timestep, sample, values[0], x0, _sigma_of_last_step(scheduler))
+            # Only references are kept: this runs at every step of every job, previews or not.
+            self._last = _Step(model_output, timestep, sample, values[0], x0)
             return out
 
         self._last = None
@@ -81,9 +81,10 @@ class DenoisingTap:
         outputs = getattr(scheduler, "model_outputs", None)  # DPM-Solver keeps its x0 predictions there
         if outputs and isinstance(outputs[-1], torch.Tensor) and outputs[-1].shape == last.sample.shape:
             return outputs[-1]
-        if "FlowMatch" in type(scheduler).__name__ and last.sigma is not None:
+        # The sigma is read now, from the step callback: the scheduler has not moved since the step.
+        if "FlowMatch" in type(scheduler).__name__ and (sigma := _sigma_of_last_step(scheduler)) is not None:
             # Rectified flow: x_t = (1 - sigma) x0 + sigma noise and the model predicts v = noise - x0.
-            return last.sample.float() - last.sigma * last.model_output.float()
+            return last.sample.float() - sigma * last.model_output.float()
         alphas = getattr(scheduler, "alphas_cumprod", None)
         if alphas is not None:  # PNDM and other DDPM-parameterised schedulers
             alpha = float(alphas[int(last.timestep)])

@@ -65,7 +65,7 @@ class ImageService:
 
     async def generate(self, request: ImageGenerateRequest, url_base: str) -> ImagesResponse:
         """Serve one generations request. `url_base` is where `GET {url_base}/{id}` serves stored images."""
-        return await self._respond(plan_generation(request, self.registry, self._random_seed), url_base)
+        return await self._respond(self.plan_generation(request), url_base)
 
     async def edit(
         self, request: ImageEditRequest, images: Sequence[Upload], mask: Upload | None, url_base: str
