@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from localimg.api.disconnect import cancel_on_disconnect
 from localimg.api.errors import request_id_of
-from localimg.api.sse import sse_response
+from localimg.api.sse import names_events_for, sse_response
 from localimg.errors import NotFoundError
 from localimg.protocol import ErrorResponse, ImageGenerateRequest, ImagesResponse
 from localimg.service.images import ImageService
@@ -42,7 +42,8 @@ async def get_image_file(image_id: str, request: Request) -> Response:
 
 def sse(events: AsyncGenerator[ImageEvent, None], request: Request) -> StreamingResponse:
     keepalive_s = request.app.state.settings.sse_keepalive_s
-    return sse_response(events, keepalive_s=keepalive_s, request_id=request_id_of(request))
+    named = names_events_for(request.headers)
+    return sse_response(events, keepalive_s=keepalive_s, request_id=request_id_of(request), named=named)
 
 
 def files_url(request: Request) -> str:

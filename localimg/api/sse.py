@@ -1,6 +1,10 @@
 """Server-sent events for image streams (spec section 4): one `event:` + `data:` frame per event, keep-alive
 comments while a step runs long, and errors after the first byte as an `event: error` frame.
 
+One client gets frames without the `event:` line: openai-python 1.97.0-1.97.1's AsyncStream parses only
+`response.*` / `transcript.*` names or none, so `event: image_generation.*` reached `async for` as `type=None`
+(its sync Stream and every later SDK accept both). Those versions say who they are in `x-stainless-*` headers.
+
 Errors before the first byte (validation, planning) never get here: routes resolve the job first, so those are
 normal HTTP errors. When the client disconnects, Starlette cancels the task iterating these frames; the
 cancellation reaches the event source, which cancels its engine job.
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from fastapi.responses import StreamingResponse
@@ -27,11 +31,25 @@ KEEP_ALIVE_FRAME = b": keep-alive\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def sse_frame(event: ImageEvent | ErrorEvent) -> bytes:
-    """`event: <type>` and `data: <one-line JSON>`; the event name equals the JSON `type`, which old SDKs need."""
+ASYNC_SDKS_WITHOUT_IMAGE_EVENT_NAMES = frozenset({"1.97.0", "1.97.1"})
+
+
+def sse_frame(event: ImageEvent | ErrorEvent, *, named: bool = True) -> bytes:
+    """`event: <type>` (unless not `named`) and `data: <one-line JSON>`; the name equals the JSON `type`, as the
+    SDKs that read it expect."""
     # Optional fields left out of image events; the error object always has all four keys (null included).
     data = event.model_dump_json(exclude_none=not isinstance(event, ErrorEvent))
-    return f"event: {event.type}\ndata: {data}\n\n".encode()
+    name = f"event: {event.type}\n" if named else ""
+    return f"{name}data: {data}\n\n".encode()
+
+
+def names_events_for(headers: Mapping[str, str]) -> bool:
+    """False only for the SDK versions whose async stream drops frames with an image event name."""
+    return not (
+        headers.get("x-stainless-lang") == "python"
+        and headers.get("x-stainless-async", "false").startswith("async")
+        and headers.get("x-stainless-package-version") in ASYNC_SDKS_WITHOUT_IMAGE_EVENT_NAMES
+    )
 
 
 def error_event(exc: LocalImgError) -> ErrorEvent:
@@ -39,7 +57,7 @@ def error_event(exc: LocalImgError) -> ErrorEvent:
 
 
 async def sse_frames(
-    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None
+    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None, named: bool = True
 ) -> AsyncIterator[bytes]:
     """Frames for `events`, a keep-alive after each `keepalive_s` of silence, and an error frame (then the end)
     if the events fail."""
@@ -60,14 +78,14 @@ async def sse_frames(
                 return
             except LocalImgError as exc:
                 log.warning("request %s: stream failed: %s", request_id, exc.message)
-                yield sse_frame(error_event(exc))
+                yield sse_frame(error_event(exc), named=named)
                 return
             except Exception:
                 log.exception("request %s: unexpected error in a stream", request_id)
                 message = f"The server had an error while processing your request (request id {request_id})."
-                yield sse_frame(error_event(LocalImgError(message)))
+                yield sse_frame(error_event(LocalImgError(message)), named=named)
                 return
-            yield sse_frame(event)
+            yield sse_frame(event, named=named)
     except (asyncio.CancelledError, GeneratorExit):
         log.info("request %s: client disconnected mid-stream; cancelling its job", request_id)
         raise
@@ -83,10 +101,10 @@ async def _next(events: AsyncGenerator[ImageEvent, None]) -> ImageEvent:
 
 
 def sse_response(
-    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None
+    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None, named: bool = True
 ) -> StreamingResponse:
     return StreamingResponse(
-        sse_frames(events, keepalive_s=keepalive_s, request_id=request_id),
+        sse_frames(events, keepalive_s=keepalive_s, request_id=request_id, named=named),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

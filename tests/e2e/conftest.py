@@ -15,6 +15,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.e2e.failing_server import failing_server
+
 STARTUP_TIMEOUT_S = 180
 
 
@@ -68,6 +70,13 @@ def server(tiny_models_toml: Path) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def failing_root(tiny_models_toml: Path) -> Iterator[str]:
+    """Root URL of an in-process server whose tiny-flux fails at its second denoising step."""
+    with failing_server(tiny_models_toml, free_port()) as root:
+        yield root
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.api.sse import KEEP_ALIVE_FRAME, error_event, sse_frame
+from localimg.api.sse import KEEP_ALIVE_FRAME, error_event, names_events_for, sse_frame
 from localimg.errors import GenerationError, InvalidRequestError
 from localimg.protocol import (
     ImageEditPartialImageEvent,
@@ -160,3 +160,27 @@ def test_dalle_models_do_not_stream(model: str):
     with pytest.raises(InvalidRequestError) as info:
         plan(model=model, stream=True)
     assert (info.value.param, info.value.code) == ("stream", "invalid_value")
+
+
+def test_unnamed_frame_is_the_data_line_alone():
+    frame = sse_frame(error_event(GenerationError("out of memory")), named=False)
+    assert frame.startswith(b"data: {") and frame.endswith(b"}\n\n") and frame.count(b"\n") == 2
+
+
+def stainless(lang: str, asynchronous: str, version: str) -> dict[str, str]:
+    return {"x-stainless-lang": lang, "x-stainless-async": asynchronous, "x-stainless-package-version": version}
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({}, True),  # curl, browsers, other clients: the documented framing
+        (stainless("python", "false", "1.97.0"), True),
+        (stainless("python", "async:asyncio", "1.97.0"), False),
+        (stainless("python", "async:trio", "1.97.1"), False),
+        (stainless("python", "async:asyncio", "1.97.2"), True),
+        (stainless("js", "false", "1.97.0"), True),
+    ],
+)
+def test_only_old_async_python_sdks_get_unnamed_frames(headers: dict[str, str], named: bool):
+    assert names_events_for(headers) is named
