@@ -39,7 +39,7 @@ def serve(
     ] = None,
     url_ttl: Annotated[int, typer.Option(envvar="LOCALIMG_URL_TTL", help="Seconds an image URL stays valid.")] = 3600,
     max_queue: Annotated[
-        int, typer.Option(envvar="LOCALIMG_MAX_QUEUE", help="Jobs queued or running before 503.")
+        int, typer.Option(envvar="LOCALIMG_MAX_QUEUE", help="Jobs queued or running before new ones get 429.")
     ] = 64,
     sse_keepalive: Annotated[
         float, typer.Option(envvar="LOCALIMG_SSE_KEEPALIVE", help="Seconds of stream silence before a keep-alive.")

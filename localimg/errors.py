@@ -41,14 +41,26 @@ class PayloadTooLargeError(LocalImgError):
 
 
 class OverloadedError(LocalImgError):
-    """The server cannot take the job now; the client should retry after `retry_after` seconds."""
+    """The server cannot take the job now (it is shutting down); retry after `retry_after` seconds, elsewhere if
+    a load balancer can."""
 
     status = 503
     type = "server_error"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = "server_overloaded") -> None:
+    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = "server_shutting_down") -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class ServerBusyError(OverloadedError):
+    """The queue is full. 429 `rate_limit_exceeded` as OpenAI answers a burst, so the SDKs wait `retry_after`,
+    retry, and raise `RateLimitError` when their retries run out (spec checklist 31)."""
+
+    status = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after, code="rate_limit_exceeded")
 
 
 class RequestTimeoutError(LocalImgError):

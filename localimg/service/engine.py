@@ -1,10 +1,10 @@
 """The engine: owns the device and runs generation jobs on it, from one worker thread per device.
 
 Torch work runs on the worker thread, never on the event loop; the event loop only admits jobs and awaits their
-futures. Admission is bounded: past `max_queue` jobs queued or running, or while draining for shutdown, a job is
-refused at once with OverloadedError (HTTP 503 + Retry-After). The worker takes jobs from a `FairQueue`,
-merges compatible ones into one backend call (see scheduler.py for the batch key and fairness), and keeps the
-resident models within the memory budget (residency.py).
+futures. Admission is bounded: past `max_queue` jobs queued or running a job is refused at once with
+ServerBusyError (HTTP 429), and while draining for shutdown with OverloadedError (HTTP 503), both with Retry-After. The worker takes jobs from a `FairQueue`, merges compatible ones into one backend call
+(see scheduler.py for the batch key and fairness), and keeps the resident models within the memory budget
+(residency.py).
 
 Every admitted job ends in a result or an error its waiter receives: a failed batch fails each job in it, a
 timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with OverloadedError.
@@ -29,6 +29,7 @@ from localimg.errors import (
     ModelUnavailableError,
     OverloadedError,
     RequestTimeoutError,
+    ServerBusyError,
 )
 from localimg.service.metrics import EngineMetrics
 from localimg.service.residency import ModelResidency
@@ -145,7 +146,7 @@ class Engine:
 
     def abort(self, reason: str = "The server is shutting down.") -> None:
         """Fail every queued and running job with a 503 now (their waiters get the error)."""
-        error = OverloadedError(f"{reason} Please retry.", code="server_shutting_down")
+        error = OverloadedError(f"{reason} Please retry.")
         with self._cond:
             jobs = self._queue.drain() + list(self._running)
             self.metrics.waiting.set(0)
@@ -170,11 +171,10 @@ class Engine:
             raise OverloadedError(
                 "The server is shutting down and accepts no new requests. Please retry.",
                 retry_after=self.config.retry_after_s,
-                code="server_shutting_down",
             )
         if self._in_flight >= self.config.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
-            raise OverloadedError(
+            raise ServerBusyError(
                 f"The server is busy ({self._in_flight} jobs queued or running). Please retry shortly.",
                 retry_after=self.config.retry_after_s,
             )
@@ -191,7 +191,7 @@ class Engine:
         future: Future[Any] = Future()
         with self._cond:
             if self._closed:
-                future.set_exception(OverloadedError("The server is shutting down.", code="server_shutting_down"))
+                future.set_exception(OverloadedError("The server is shutting down."))
                 return future
             self._control.append((work, future))
             self._cond.notify_all()

@@ -92,19 +92,19 @@ def guarded_server(tiny_models_toml: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
-def test_full_queue_answers_503_and_the_sdk_retry_succeeds(guarded_server: ServerProcess):
+def test_full_queue_answers_429_and_the_sdk_retry_succeeds(guarded_server: ServerProcess):
     url = f"{guarded_server.root}/v1/images/generations"
     headers = {"authorization": f"Bearer {KEY}"}
     body = {"prompt": "burst", **SMALL}
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda _: httpx.post(url, json=body, headers=headers, timeout=120), range(12)))
-    refused = [r for r in responses if r.status_code == 503]
+    refused = [r for r in responses if r.status_code == 429]
     assert refused, "a burst of 12 against --max-queue 2 was never refused"
-    assert {r.status_code for r in responses} <= {200, 503}
+    assert {r.status_code for r in responses} <= {200, 429}
     for response in refused:
         assert int(response.headers["retry-after"]) >= 1 and int(response.headers["retry-after-ms"]) > 0
-        assert response.json()["error"]["code"] == "server_overloaded"
-        assert response.json()["error"]["type"] == "server_error"
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+        assert response.json()["error"]["type"] == "requests"
 
     # The SDK honours Retry-After (1 s here); admission is first come, so give the slowest caller a long window.
     rejected_before = metric(guarded_server, "localimg_rejected_total", headers)
@@ -114,6 +114,28 @@ def test_full_queue_answers_503_and_the_sdk_retry_succeeds(guarded_server: Serve
         results = list(pool.map(lambda seed: generate(client, seed), range(5)))
     assert all(decode(r.data[0].b64_json, "png", (64, 64)) for r in results)
     assert metric(guarded_server, "localimg_rejected_total", headers) > rejected_before, "the SDK never had to retry"
+
+
+def test_a_queue_that_stays_full_ends_the_sdk_retries_in_rate_limit_error(guarded_server: ServerProcess):
+    client = OpenAI(base_url=f"{guarded_server.root}/v1", api_key=KEY, max_retries=1, timeout=120)
+    heavy = {**SMALL, "size": "1024x1024", "quality": "high"}
+    with ThreadPoolExecutor(2) as pool:  # fill --max-queue 2 with jobs of several seconds each
+        holders = [
+            pool.submit(client.images.generate, prompt="hold", **heavy, extra_body={"num_inference_steps": 60})
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 60
+        while metric(guarded_server, "localimg_jobs_running", {"authorization": f"Bearer {KEY}"}) < 1:
+            assert time.monotonic() < deadline, "the holding jobs never started"
+            time.sleep(0.05)
+        rejected_before = metric(guarded_server, "localimg_rejected_total", {"authorization": f"Bearer {KEY}"})
+        with pytest.raises(openai.RateLimitError) as info:
+            generate(client, 1)  # refused, retried once after Retry-After (1 s), refused again
+        assert info.value.status_code == 429 and info.value.code == "rate_limit_exceeded"
+        assert metric(guarded_server, "localimg_rejected_total", {"authorization": f"Bearer {KEY}"}) >= (
+            rejected_before + 2
+        ), "the SDK did not retry"
+        assert all(len(holder.result().data) == 1 for holder in holders)
 
 
 def test_wrong_or_missing_key_is_401_invalid_api_key(guarded_server: ServerProcess):

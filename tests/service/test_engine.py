@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from localimg.backends.base import StepProgress
-from localimg.errors import GenerationError, OverloadedError, RequestTimeoutError
+from localimg.errors import GenerationError, OverloadedError, RequestTimeoutError, ServerBusyError
 from localimg.service.engine import Engine, EngineConfig
 from localimg.service.scheduler import GenerationResult
 from tests.service.standin import StandInBackend, colour, plan
@@ -179,9 +179,9 @@ def test_full_queue_is_refused_with_retry_after():
         blocker = await held(engine, backend)
         queued = asyncio.create_task(engine.generate(plan(1)))
         await asyncio.sleep(0.01)
-        with pytest.raises(OverloadedError) as info:
+        with pytest.raises(ServerBusyError) as info:
             await engine.generate(plan(2))
-        assert info.value.status == 503 and info.value.retry_after > 0
+        assert (info.value.status, info.value.code) == (429, "rate_limit_exceeded") and info.value.retry_after > 0
         backend.release.set()
         await asyncio.gather(blocker, queued)
         assert len((await engine.generate(plan(3))).images) == 1  # room again
