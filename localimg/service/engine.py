@@ -2,8 +2,9 @@
 
 Torch work runs on the worker thread, never on the event loop; the event loop only admits jobs and awaits their
 futures. Admission is bounded: past `max_queue` jobs queued or running a job is refused at once with
-ServerBusyError (HTTP 429), and while draining for shutdown with OverloadedError (HTTP 503), both with Retry-After. The worker takes jobs from a `FairQueue`, merges compatible ones into one backend call
-(see scheduler.py for the batch key and fairness), and keeps the resident models within the memory budget
+ServerBusyError (HTTP 429), and while draining for shutdown with OverloadedError (HTTP 503), both with
+Retry-After. The worker takes jobs from a `FairQueue`, merges compatible ones into one backend call (see
+scheduler.py for the batch key and fairness), and keeps the resident models within the memory budget
 (residency.py).
 
 Every admitted job ends in a result or an error its waiter receives: a failed batch fails each job in it, a
