@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import base64
 import dataclasses
-import gc
 import json
 import os
 import platform
@@ -99,9 +98,8 @@ CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
 
-    from localimg.backends.device import resolve_device
+    from localimg.backends.device import release_memory, resolve_device
 
     device = resolve_device("cpu" if args.tiny else args.device)
     work = Path(args.work_dir).resolve()
@@ -114,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for name in names:
+        # --steps/--size shorten a dry run of the full-size path (e.g. on a CPU); the targets assume the defaults.
         case = cases[name]
+        case = dataclasses.replace(case, steps=args.steps or case.steps, size=args.size or case.size)
         print(f"== {name}", flush=True)
         rows.append(bench_model(case, args, device, work))
-        gc.collect()
-        if device.kind == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device.name,
@@ -152,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, help="concurrent clients in the concurrency run (default 4; --tiny: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
     parser.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp"))
+    parser.add_argument("--steps", type=int, default=0, help="override every model's steps (dry runs; 0: its own)")
+    parser.add_argument("--size", type=int, default=0, help="override every model's square side (dry runs; 0: its own)")
     parser.add_argument("--keep-weights", action="store_true", help="keep the full-size folders (disk!)")
     args = parser.parse_args(argv)
     # A --tiny run is a smoke test of the code path (CI runs it): by default one model and few repeats, ~30 s.
@@ -161,8 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.clients = 2 if args.tiny else 4
     if args.tiny and not args.models:
         args.models = "tiny-flux"
-    if args.repeats < 1 or args.warmup < 0 or args.clients < 1:
-        parser.error("--repeats >= 1, --warmup >= 0, --clients >= 1")
+    if args.repeats < 1 or args.warmup < 0 or args.clients < 1 or args.steps < 0 or args.size % 16:
+        parser.error("--repeats >= 1, --warmup >= 0, --clients >= 1, --steps >= 0, --size a multiple of 16")
     return args
 
 
@@ -257,11 +257,14 @@ def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path)
     if not (folder / "model_index.json").is_file():
         started = time.perf_counter()
         pipe = build_full_size(case.name, torch_device(device))
-        torch.cuda.synchronize()
+        if device.kind == "cuda":
+            torch.cuda.synchronize()
         print(f"  built {case.name} in {time.perf_counter() - started:.1f} s", flush=True)
         started = time.perf_counter()
         pipe.save_pretrained(folder, safe_serialization=True)
         print(f"  saved to {folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    if pipe is not None and device.kind != "cuda":
+        pipe.to(torch.float32)  # what localimg uses off CUDA; bf16 convolutions on a CPU take minutes per image
     toml = work / f"{case.name}.toml"
     toml.write_text(models_toml(case, folder, work))
     return toml, pipe
@@ -298,7 +301,7 @@ def run_plain(
 ) -> tuple[list[float], float | None]:
     import torch
 
-    from localimg.backends.device import torch_device
+    from localimg.backends.device import release_memory, torch_device
     from localimg.backends.families import adapter_for
     from localimg.backends.optimizations import set_sdpa_priority
 
@@ -306,7 +309,7 @@ def run_plain(
     if pipe is None:
         dtype = torch.bfloat16 if device.kind == "cuda" else torch.float32
         assert spec.source.path is not None
-        pipe = adapter_for(case.family).pipeline_class.from_pretrained(str(spec.source.path), torch_dtype=dtype)
+        pipe = adapter_for(case.family).pipeline_class.from_pretrained(str(spec.source.path), dtype=dtype)
         pipe.to(torch_device(device))
     pipe.set_progress_bar_config(disable=True)
     kwargs: dict[str, Any] = dict(prompt=PROMPT, height=case.size, width=case.size,
@@ -320,7 +323,7 @@ def run_plain(
 
     times, peak = timed(once, args, device)
     pipe = None  # the caller drops its reference too, so the device memory can go
-    free(device)
+    release_memory(device)
     print(f"  plain diffusers: {statistics.median(times):.3f} s", flush=True)
     return times, peak
 
@@ -332,6 +335,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     import torch
 
     from localimg.backends.base import GenerationPlan
+    from localimg.backends.device import release_memory
     from localimg.backends.diffusers_backend import DiffusersBackend
     from localimg.service.engine import Engine
 
@@ -358,7 +362,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     finally:
         engine.close()
         loop.close()
-    free(device)
+    release_memory(device)
     print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
     return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
             "optimizations": described}  # fmt: skip
@@ -488,14 +492,6 @@ def percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def free(device: Any) -> None:
-    import torch
-
-    gc.collect()
-    if device.kind == "cuda":
-        torch.cuda.empty_cache()
 
 
 def free_port() -> int:

@@ -1,15 +1,19 @@
 """Device detection and the dtype policy: which device a model runs on, and in which precision.
 
 The policy functions (`choose_dtype`, `vae_dtype`) are pure so they can be tested without a GPU; only
-`resolve_device`, `cuda_capability`, `torch_device` and `torch_dtype` touch torch.
+`resolve_device`, `cuda_capability`, `torch_device`, `torch_dtype` and `release_memory` touch torch.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import platform
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from localimg.backends.base import DeviceInfo
@@ -148,3 +152,32 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in dtypes:
         raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(dtypes)}")
     return dtypes[name]
+
+
+def release_memory(device: DeviceInfo) -> None:
+    """Give memory freed by dropped tensors back: the device allocator's cache, and on Linux the host heap.
+
+    glibc keeps freed blocks below its (growing) mmap threshold in the process heap, so after a CPU model is
+    unloaded, or a pipeline loaded on the host has moved to the GPU, the process still holds gigabytes it no
+    longer uses (measured: 9.9 GB after unloading full-size SDXL on a CPU, 0.5 GB after `malloc_trim`).
+    """
+    import torch
+
+    gc.collect()
+    if device.kind == "cuda":
+        torch.cuda.empty_cache()
+    elif device.kind == "mps":
+        torch.mps.empty_cache()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # musl and other libcs: nothing to trim
+        return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from localimg.backends.base import StepProgress
-from localimg.backends.device import choose_dtype, cuda_capability, torch_device, torch_dtype
+from localimg.backends.device import choose_dtype, cuda_capability, release_memory, torch_device, torch_dtype
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
 from localimg.backends.optimizations import optimize_pipeline, warm_up
@@ -56,11 +55,13 @@ class DiffusersBackend:
             pipe.to(torch_device(self.device))
         except torch.cuda.OutOfMemoryError as exc:
             del pipe
-            self._empty_cache()
+            release_memory(self.device)
             raise ModelUnavailableError(
                 f"model {self.spec.name!r} does not fit in the memory of {self.device.name} in {self.dtype}",
                 code="model_load_failed",
             ) from exc
+        if self.device.kind != "cpu":
+            release_memory(self.device)  # the host copy the weights were loaded into
         self.adapter.prepare(pipe, self.dtype)
         pipe.set_progress_bar_config(disable=True)
         self.optimizations = optimize_pipeline(pipe, self.spec, self.device, self.dtype)
@@ -90,7 +91,7 @@ class DiffusersBackend:
             else:
                 continue
             # Handled outside the except block: the traceback pins the failed call's tensors until it is gone.
-            self._empty_cache()
+            release_memory(self.device)
             if chunk > 1:
                 chunk //= 2
                 logger.warning("%s: out of memory; retrying %d image(s) per call", self.spec.name, chunk)
@@ -119,8 +120,7 @@ class DiffusersBackend:
         self._pipe = None
         self._derived.clear()
         self._tiled = False
-        gc.collect()
-        self._empty_cache()
+        release_memory(self.device)
 
     def memory_bytes(self) -> int:
         """Bytes of parameters and buffers the loaded pipeline holds (the engine's memory budget counts these)."""
@@ -192,12 +192,6 @@ class DiffusersBackend:
         if self._pipe is None:
             raise ModelUnavailableError(f"model {self.spec.name!r} is not loaded", code="model_not_loaded")
         return self._pipe
-
-    def _empty_cache(self) -> None:
-        if self.device.kind == "cuda":
-            torch.cuda.empty_cache()
-        elif self.device.kind == "mps":
-            torch.mps.empty_cache()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

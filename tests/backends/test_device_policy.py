@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import pytest
 import torch
 
 from localimg.backends.device import (
     DeviceUnavailableError,
     ResolvedDevice,
+    _malloc_trim,
     choose_dtype,
+    release_memory,
     resolve_device,
     torch_device,
     torch_dtype,
@@ -132,3 +137,9 @@ def test_unavailable_device_is_a_clear_error(no_accelerator, requested, fragment
 def test_cuda_index_out_of_range(two_gpus):
     with pytest.raises(DeviceUnavailableError, match="only 2 CUDA device"):
         resolve_device("cuda:2")
+
+
+def test_release_memory_trims_the_host_heap_where_glibc_can():
+    release_memory(resolve_device("cpu"))
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert (_malloc_trim() is not None) == glibc

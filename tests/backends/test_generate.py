@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from localimg.backends.base import GenerationPlan, StepProgress
+from localimg.backends.base import EditInputs, GenerationPlan, StepProgress
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
 from localimg.errors import GenerationError, ModelUnavailableError
@@ -143,6 +144,26 @@ def test_unload_then_load_again(registry: Registry):
         backend.count_tokens("x")
     backend.load()
     assert backend.count_tokens("a red fox") > 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unload_after_generating_frees_every_weight(registry: Registry, name: str):
+    """Eviction under the memory budget relies on it: nothing (previews, prompt cache, edit pipelines derived
+    with from_pipe, optimizations) may keep a module of an unloaded pipeline alive."""
+    spec = registry.resolve(name)
+    assert spec is not None
+    backend = DiffusersBackend(spec, resolve_device("cpu"))
+    backend.load()
+    backend.generate([plan_for(backend, (1,))], on_step=lambda progress: progress.preview())
+    picture, mask = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("L", (64, 64), 255)
+    backend.generate([plan_for(backend, (2,), edit=EditInputs(images=(picture,), strength=0.5))])
+    backend.generate([plan_for(backend, (3,), edit=EditInputs(images=(picture,), mask=mask, strength=1.0))])
+    components = backend._pipe.components  # type: ignore[union-attr]
+    modules = [weakref.ref(module) for module in components.values() if isinstance(module, torch.nn.Module)]
+    del components
+    assert len(modules) >= 3
+    backend.unload()
+    assert [ref for ref in modules if ref() is not None] == []
 
 
 OUT_OF_MEMORY = [

@@ -18,7 +18,7 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
     out = tmp_path / "bench.json"
     command = [
         sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--tiny", "--models", "tiny-flux",
-        "--repeats", "1", "--warmup", "0", "--clients", "2", "--requests", "2", "--ablate",
+        "--repeats", "1", "--warmup", "0", "--clients", "2", "--requests", "2", "--ablate", "--steps", "1",
         "--work-dir", str(tmp_path / "work"), "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
@@ -28,7 +28,7 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
     report = json.loads(out.read_text())
     assert report["tiny"] is True and report["device_kind"] == "cpu"
     assert report["versions"]["torch"] and report["versions"]["diffusers"]
-    assert [row["model"] for row in report["rows"]] == ["tiny-flux"]
+    assert [(row["model"], row["size"], row["steps"]) for row in report["rows"]] == [("tiny-flux", "128x128", 1)]
     for row in report["rows"]:
         assert set(row) == set(bench.ROW_FIELDS), row["model"]
         for key in ("plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http", "steps_per_s", "load_s",
