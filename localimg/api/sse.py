@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 
 KEEP_ALIVE_FRAME = b": keep-alive\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-ASYNC_SDKS_WITHOUT_IMAGE_EVENT_NAMES = frozenset({"1.97.0", "1.97.1"})
+ASYNC_SDKS_WITHOUT_IMAGE_EVENT_NAMES = frozenset({"1.97.0", "1.97.1"})  # openai-python
 
 
 def sse_frame(event: ImageEvent | ErrorEvent, *, named: bool = True) -> bytes:
@@ -44,7 +42,7 @@ def sse_frame(event: ImageEvent | ErrorEvent, *, named: bool = True) -> bytes:
 
 
 def names_events_for(headers: Mapping[str, str]) -> bool:
-    """False only for the SDK versions whose async stream drops frames with an image event name."""
+    """False only for the SDK versions whose async stream garbles frames with an image event name."""
     return not (
         headers.get("x-stainless-lang") == "python"
         and headers.get("x-stainless-async", "false").startswith("async")
