@@ -110,28 +110,38 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(cases)}", file=sys.stderr)
         return 2
-    rows = []
+    rows: list[dict[str, Any]] = []
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def report(partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "date": started_at,
+            "complete": partial is None,  # false in the checkpoints written while a model is measured
+            "device": device.name,
+            "device_kind": device.kind,
+            "host": platform.node(),
+            "versions": {pkg: package_version(pkg) for pkg in ("torch", "diffusers", "transformers", "openai")},
+            "tiny": args.tiny,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "rows": rows if partial is None else [*rows, partial],
+        }
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(report(partial), indent=2) + "\n")
+
     for name in names:
         # --steps/--size shorten a dry run of the full-size path (e.g. on a CPU); the targets assume the defaults.
         case = cases[name]
         case = dataclasses.replace(case, steps=args.steps or case.steps, size=args.size or case.size)
         print(f"== {name}", flush=True)
-        rows.append(bench_model(case, args, device, work))
+        rows.append(bench_model(case, args, device, work, checkpoint))
         release_memory(device)
-    report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device.name,
-        "device_kind": device.kind,
-        "host": platform.node(),
-        "versions": {pkg: package_version(pkg) for pkg in ("torch", "diffusers", "transformers", "openai")},
-        "tiny": args.tiny,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "rows": rows,
-    }
-    print_table(report)
+    final = report()
+    print_table(final)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(final, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 
@@ -169,7 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- one model --------------------------------------------------------------------------------------------
 
 
-def bench_model(case: Case, args: argparse.Namespace, device: Any, work: Path) -> dict[str, Any]:
+def bench_model(
+    case: Case, args: argparse.Namespace, device: Any, work: Path, checkpoint: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     from localimg.registry import Registry
     from localimg.testing.flops import image_flops, mfu, peak_flops
 
@@ -182,53 +194,64 @@ def bench_model(case: Case, args: argparse.Namespace, device: Any, work: Path) -
         flops = image_flops(case.arch, case.size, case.size, case.steps,
                             text_tokens=case.max_sequence_length or 0, cfg=case.cfg).total  # fmt: skip
 
+    # The row fills stage by stage and is checkpointed after each, so a run cut short (a device call's time
+    # limit) still leaves what it measured in --out. Headline stages first, the ablations last.
+    row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        model=case.name,
+        family=case.family,
+        size=f"{case.size}x{case.size}",
+        steps=case.steps,
+        flops_per_image=flops,
+        ablations=[],
+        samples={"plain": None, "engine": None, "http": None},
+    )
+
     plain_times, plain_mem = run_plain(case, in_memory, spec, device, args)
     del in_memory
+    plain_s = statistics.median(plain_times)
+    row.update(plain_s=plain_s, mfu_plain=mfu(flops, plain_s, peak), peak_mem_plain_gb=plain_mem)
+    row["samples"]["plain"] = plain_times
+    checkpoint(row)
+
     engine = run_engine(case, spec, device, args)
-    ablations = []
+    engine_s = engine["median"]
+    row.update(
+        engine_s=engine_s,
+        ratio_engine=engine_s / plain_s,
+        steps_per_s=case.steps / engine_s,
+        mfu_engine=mfu(flops, engine_s, peak),
+        peak_mem_engine_gb=engine["peak_mem_gb"],
+        load_s=engine["load_s"],
+        optimizations=engine["optimizations"],
+    )
+    row["samples"]["engine"] = engine["times"]
+    checkpoint(row)
+
+    if not args.no_http:
+        http = run_http(case, toml, device, args, work)
+        http_s = http["median"]
+        row.update(
+            http_s=http_s,
+            ratio_http=http_s / plain_s,
+            http_overhead=http_s / engine_s - 1,
+            mfu_http=mfu(flops, http_s, peak),
+            cold_start_s=http["cold_start_s"],
+            ready_s=http["ready_s"],
+            concurrency=http["concurrency"],
+        )
+        row["samples"]["http"] = http["times"]
+        checkpoint(row)
+
     if args.ablate:
         for variant, override in VARIANTS.items():
             if variant == "-cuda_graphs" and case.family not in ("sd15", "sdxl"):
                 continue
             opt = dataclasses.replace(spec.optimize, **override)
             result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
-            ablations.append({"variant": variant, "engine_s": result["median"], "load_s": result["load_s"],
-                              "optimizations": result["optimizations"]})  # fmt: skip
-    http: dict[str, Any] = {}
-    if not args.no_http:
-        http = run_http(case, toml, device, args, work)
-
-    plain_s = statistics.median(plain_times)
-    engine_s = engine["median"]
-    http_s = http.get("median")
-    for ablation in ablations:
-        ablation["ratio"] = ablation["engine_s"] / plain_s
-    row = {
-        "model": case.name,
-        "family": case.family,
-        "size": f"{case.size}x{case.size}",
-        "steps": case.steps,
-        "plain_s": plain_s,
-        "engine_s": engine_s,
-        "http_s": http_s,
-        "ratio_engine": engine_s / plain_s,
-        "ratio_http": None if http_s is None else http_s / plain_s,
-        "http_overhead": None if http_s is None else http_s / engine_s - 1,
-        "steps_per_s": case.steps / engine_s,
-        "flops_per_image": flops,
-        "mfu_plain": mfu(flops, plain_s, peak),
-        "mfu_engine": mfu(flops, engine_s, peak),
-        "mfu_http": mfu(flops, http_s, peak),
-        "peak_mem_plain_gb": plain_mem,
-        "peak_mem_engine_gb": engine["peak_mem_gb"],
-        "load_s": engine["load_s"],
-        "cold_start_s": http.get("cold_start_s"),
-        "ready_s": http.get("ready_s"),
-        "optimizations": engine["optimizations"],
-        "concurrency": http.get("concurrency"),
-        "ablations": ablations,
-        "samples": {"plain": plain_times, "engine": engine["times"], "http": http.get("times")},
-    }
+            ablation = {"variant": variant, "engine_s": result["median"], "ratio": result["median"] / plain_s}
+            row["ablations"].append(ablation | {"load_s": result["load_s"], "optimizations": result["optimizations"]})
+            checkpoint(row)
     if not args.tiny and not args.keep_weights:
         import shutil
 

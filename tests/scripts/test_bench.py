@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
@@ -26,7 +28,7 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "TINY SMOKE RUN" in done.stdout
     report = json.loads(out.read_text())
-    assert report["tiny"] is True and report["device_kind"] == "cpu"
+    assert report["tiny"] is True and report["device_kind"] == "cpu" and report["complete"] is True
     assert report["versions"]["torch"] and report["versions"]["diffusers"]
     assert [(row["model"], row["size"], row["steps"]) for row in report["rows"]] == [("tiny-flux", "128x128", 1)]
     for row in report["rows"]:
@@ -54,3 +56,23 @@ def test_percentile():
     assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert bench.percentile([1.0, 2.0], 99) == 1.99
     assert bench.percentile([5.0], 99) == 5.0
+
+
+def test_a_run_cut_short_leaves_its_measured_stages_in_out(
+    tmp_path: Path, tiny_models_toml: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def time_limit(*args: object) -> dict:
+        raise TimeoutError("the device call's time limit")
+
+    monkeypatch.setattr(bench, "run_http", time_limit)
+    monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
+    out = tmp_path / "bench.json"
+    argv = ["--tiny", "--repeats", "1", "--warmup", "0", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    with pytest.raises(TimeoutError):
+        bench.main(argv)
+    report = json.loads(out.read_text())
+    assert report["complete"] is False
+    (row,) = report["rows"]
+    assert set(row) == set(bench.ROW_FIELDS)
+    assert row["plain_s"] > 0 and row["engine_s"] > 0 and len(row["samples"]["engine"]) == 1
+    assert row["http_s"] is None and row["concurrency"] is None and row["samples"]["http"] is None
