@@ -158,8 +158,8 @@ def release_memory(device: DeviceInfo) -> None:
     """Give memory freed by dropped tensors back: the device allocator's cache, and on Linux the host heap.
 
     glibc keeps freed blocks below its (growing) mmap threshold in the process heap, so after a CPU model is
-    unloaded, or a pipeline loaded on the host has moved to the GPU, the process still holds gigabytes it no
-    longer uses (measured: 9.9 GB after unloading full-size SDXL on a CPU, 0.5 GB after `malloc_trim`).
+    unloaded the process still holds gigabytes it no longer uses (measured: 9.9 GB after unloading full-size
+    SDXL on a CPU, 0.5 GB after `malloc_trim`). The host copy of a pipeline just moved to a GPU goes the same way.
     """
     import torch
 
