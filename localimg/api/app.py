@@ -20,6 +20,7 @@ from localimg.api.auth import ApiKeyMiddleware
 from localimg.api.errors import install_error_handlers
 from localimg.api.limits import BodyLimitMiddleware
 from localimg.config import Settings
+from localimg.service.engine import Engine
 from localimg.service.images import ImageService
 from localimg.service.warmup import warm_up
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "retry-after-ms"],
         )
+    app.add_middleware(ArrivingRequestsMiddleware, engine=service.engine)
     app.add_middleware(RequestIdMiddleware)
     return app
 
@@ -72,6 +74,23 @@ async def _preload(app: FastAPI, service: ImageService, names: list[str]) -> Non
         await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
     app.state.ready = True
     log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
+
+
+class ArrivingRequestsMiddleware:
+    """Holds `engine.request_arriving()` around every image POST from its first byte, before its body is read,
+    so the worker knows whether a job it takes alone may get company within the batch window."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(("/v1/images/", "/images/")):
+            with self.engine.request_arriving():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class RequestIdMiddleware:

@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,7 @@ class Engine:
         self.metrics = metrics if metrics is not None else EngineMetrics()
         self._residency = ModelResidency(backends, self.config.memory_budget_bytes, self.metrics)
         self._in_flight = 0  # admitted and not yet answered; touched only on the event loop
+        self._arriving = 0  # requests the HTTP layer holds, admitted or not (see `request_arriving`)
         self._accepting = True
         self._cond = threading.Condition()
         self._queue = FairQueue()  # guarded by _cond, like _control, _running and _closed
@@ -88,6 +90,17 @@ class Engine:
     def accepting(self) -> bool:
         """Whether new jobs are admitted (False once draining for shutdown)."""
         return self._accepting
+
+    @contextmanager
+    def request_arriving(self) -> Iterator[None]:
+        """Held by the HTTP layer around each image request, from its first byte to its last. It tells the
+        worker that company may be on its way before the request's job is admitted (bodies are still being
+        read and planned), so a lone job waits the batch window only when merging is possible."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     def is_loaded(self, model: str) -> bool:
         return self._residency.is_loaded(model)
@@ -234,7 +247,9 @@ class Engine:
             return []
         batch = [head]
         window = self.config.batch_window_s
-        if window <= 0:
+        # Alone (no other job admitted, no other request arriving): nothing can join, so waiting would only add
+        # the window to its latency. Counts are written on the event loop; a stale read costs one wait at most.
+        if window <= 0 or (self._in_flight <= 1 and self._arriving <= 1):
             return batch
         key = head.plan.batch_key
         room = self.config.max_batch - head.plan.n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 
 import pytest
 
@@ -56,6 +57,29 @@ def test_compatible_jobs_are_merged_into_one_backend_call():
         run(test)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(("arriving", "calls"), [(0, [1, 1]), (1, [1, 1]), (2, [2])])
+def test_a_lone_job_waits_the_window_only_when_another_request_is_arriving(arriving: int, calls: list[int]):
+    """A job alone at an idle worker starts at once, unless the HTTP layer holds another request (its body still
+    being read) that may join it. A 5 s window and a second job 0.3 s later tell the two apart."""
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=5.0, max_batch=8)
+
+    async def test() -> None:
+        with ExitStack() as requests:
+            for _ in range(arriving):
+                requests.enter_context(engine.request_arriving())
+            first = asyncio.create_task(engine.generate(plan(1), client="a"))
+            await asyncio.sleep(0.3)
+            second = asyncio.create_task(engine.generate(plan(2), client="b"))
+            assert [pixel(r) for r in await asyncio.gather(first, second)] == [colour(1), colour(2)]
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+    assert [len(call) for call in backend.calls] == calls
 
 
 def test_window_zero_disables_merging_and_max_batch_counts_images():
