@@ -45,10 +45,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / "image.png", folder / "mask.png"
 
 
-def installed(folder: Path, marker: str, command: list[str]) -> Path:
+UNREACHABLE: dict[str, str] = {}  # registry ("pypi", "npm") -> why its first install failed; the rest skip at once
+
+
+def installed(folder: Path, marker: str, command: list[str], registry: str) -> Path:
     """`folder` after running `command` into it once (atomically); skip the test when the install fails."""
     if (folder / marker).exists():
         return folder
+    if registry in UNREACHABLE:
+        pytest.skip(UNREACHABLE[registry])
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -57,9 +62,11 @@ def installed(folder: Path, marker: str, command: list[str]) -> Path:
             command, cwd=staging, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
-        pytest.skip(f"installing into {folder.name} took over {INSTALL_TIMEOUT_S}s (no registry access?)")
+        UNREACHABLE[registry] = f"installing into {folder.name} took over {INSTALL_TIMEOUT_S}s (no {registry} access?)"
+        pytest.skip(UNREACHABLE[registry])
     if done.returncode != 0:
-        pytest.skip(f"could not install {folder.name} (no registry access?): {done.stderr[-500:]}")
+        UNREACHABLE[registry] = f"could not install {folder.name} (no {registry} access?): {done.stderr[-500:]}"
+        pytest.skip(UNREACHABLE[registry])
     staging.rename(folder)
     return folder
 
@@ -81,7 +88,7 @@ def test_python_sdk(
 ):
     folder = tiny_models_toml.parent / "sdks" / f"openai-python-{version}"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", "."]
-    installed(folder, "openai", [*pip, f"openai=={version}"])
+    installed(folder, "openai", [*pip, f"openai=={version}"], "pypi")
     script = [sys.executable, str(SDK_SCRIPTS / "python_checklist.py"), server.root, failing_root, *map(str, inputs)]
     seen = run_checklist(script, env={**os.environ, "PYTHONPATH": str(folder)})
 
@@ -121,7 +128,7 @@ def test_node_sdk(
     folder = tiny_models_toml.parent / "sdks" / f"openai-node-{version}"
     # --engine-strict off: a newer SDK may declare a newer Node than this machine's and still run on it.
     npm_install = [npm, "install", "--no-audit", "--no-fund", "--engine-strict=false", f"openai@{version}"]
-    installed(folder, "node_modules/openai", npm_install)
+    installed(folder, "node_modules/openai", npm_install, "npm")
     script_path = folder / "node_checklist.mjs"  # beside its node_modules, where `import "openai"` resolves
     shutil.copyfile(SDK_SCRIPTS / "node_checklist.mjs", script_path)
     seen = run_checklist([node, str(script_path), server.root, failing_root, *map(str, inputs)])
