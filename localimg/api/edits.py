@@ -56,7 +56,7 @@ async def create_image_variation(request: Request) -> ImagesResponse:
             "/images/variations takes multipart/form-data with an 'image' file.", code="invalid_content_type"
         )
     form = await _form(request, max_files=1)
-    fields, files = await _split(form, allowed_files={"image"})
+    fields, files = await _split(form, allowed_files={"image"}, request_model=ImageVariationRequest)
     if "image" not in files:
         raise _missing("image")
     body = _validated(ImageVariationRequest, fields, strict=False)
@@ -71,7 +71,7 @@ async def _edit_from_form(form: FormData) -> tuple[ImageEditRequest, list[Upload
             param="images",
             code="unknown_parameter",
         )
-    fields, files = await _split(form, allowed_files=_EDIT_FILES)
+    fields, files = await _split(form, allowed_files=_EDIT_FILES, request_model=ImageEditRequest)
     single, array = files.get("image", []), files.get("image[]", [])
     parts = [*single, *array]
     if not parts:
@@ -146,12 +146,17 @@ def _referenced_bytes(ref: Any, param: str) -> bytes:
         ) from None
 
 
-async def _split(form: FormData, *, allowed_files: set[str]) -> tuple[dict[str, str], dict[str, list[Upload]]]:
+async def _split(
+    form: FormData, *, allowed_files: set[str], request_model: type[BaseModel]
+) -> tuple[dict[str, str], dict[str, list[Upload]]]:
     """Text fields (the last value of a repeated key wins) and file parts by name, in order."""
     fields: dict[str, str] = {}
     files: dict[str, list[Upload]] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
+            if key not in request_model.model_fields and key not in allowed_files:
+                # e.g. gpt-image-2.5's `markup` overlay, which no local model can follow
+                raise InvalidRequestError(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
             if key not in allowed_files:
                 raise InvalidRequestError(
                     f"Invalid type for '{key}': expected a text value, but got a file.", param=key, code="invalid_type"

@@ -285,6 +285,10 @@ def test_bad_uploads_are_clear_400s(server, files: dict, param: str):
         ({"prompt": PROMPT}, {"images": ("x.png", png_bytes(picture()), "image/png")}, "images", "unknown_parameter"),
         ({"prompt": PROMPT, "input_fidelity": "max"}, {"image": ("x.png", png_bytes(picture()), "image/png")},
          "input_fidelity", "invalid_value"),
+        ({"prompt": PROMPT}, {"image": ("x.png", png_bytes(picture()), "image/png"),
+                              "markup": ("m.png", png_bytes(picture()), "image/png")}, "markup", "unknown_parameter"),
+        ({}, {"image": ("x.png", png_bytes(picture()), "image/png"), "prompt": ("p.txt", b"a cat", "text/plain")},
+         "prompt", "invalid_type"),
     ],
 )  # fmt: skip
 def test_bad_fields_are_clear_400s(server, data: dict, files: dict, param: str, code: str | None):
