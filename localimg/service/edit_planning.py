@@ -48,6 +48,7 @@ from localimg.service.planning import (
     resolve_model,
     resolve_output,
     resolve_quality,
+    resolve_response_format,
     resolve_size,
     resolve_stream,
 )
@@ -128,7 +129,7 @@ def plan_edit(
         size=size,
         quality=quality,
         output=output,
-        response_format=request.response_format or ("url" if style == "dall-e-2" else "b64_json"),
+        response_format=resolve_response_format(request.response_format, style),
         safety_identifier=request.safety_identifier or request.user or None,
         keep=None if region_at_size is None else KeepRegion(original=original, region=region_at_size),
         input_image_tokens=sum(image_tokens(ImageSize(*item.image.size)) for item in images),
@@ -164,7 +165,7 @@ def plan_variation(
         size=size,
         quality=quality,
         output=resolve_output(None, None, "opaque"),
-        response_format=request.response_format or "url",
+        response_format=resolve_response_format(request.response_format, "dall-e-2"),
         safety_identifier=request.user or None,
         input_image_tokens=image_tokens(ImageSize(*image.image.size)),
     )

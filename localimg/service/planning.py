@@ -115,7 +115,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
         size=size,
         quality=quality,
         output=output,
-        response_format=request.response_format or ("url" if style != "gpt-image" else "b64_json"),
+        response_format=resolve_response_format(request.response_format, style),
         safety_identifier=request.safety_identifier or request.user or None,
         stream=stream,
     )
@@ -322,6 +322,11 @@ def resolve_output(
         compression=100 if compression is None else compression,
         background="transparent" if transparent else "opaque",
     )
+
+
+def resolve_response_format(requested: ResponseFormat | None, style: ApiStyle) -> ResponseFormat:
+    """What a response carries when the request does not say: URLs for DALL·E models, as OpenAI's default."""
+    return requested or ("b64_json" if style == "gpt-image" else "url")
 
 
 def draw_seeds(seed: int | None, n: int, random_seed: Callable[[], int]) -> tuple[int, ...]:

@@ -7,15 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from openai import OpenAI
 
 from tests.e2e.failing_server import failing_server
+from tests.e2e.ready import wait_until_ok
 
 STARTUP_TIMEOUT_S = 180
 
@@ -38,17 +37,14 @@ class ServerProcess:
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def check_alive() -> None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.root}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{self.log()}")
+
+        try:
+            wait_until_ok(f"{self.root}/ready", timeout_s=STARTUP_TIMEOUT_S, check_alive=check_alive)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text()[-5000:]

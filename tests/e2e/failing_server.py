@@ -5,12 +5,10 @@ server."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import uvicorn
 
 from localimg.api.app import create_app
@@ -23,6 +21,7 @@ from localimg.registry import Registry
 from localimg.service.engine import Engine
 from localimg.service.image_store import ImageStore
 from localimg.service.images import ImageService
+from tests.e2e.ready import wait_until_ok
 
 FAILURE_MESSAGE = "the device failed at step 2"
 
@@ -52,15 +51,8 @@ def failing_server(models_toml: Path, port: int) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
     try:
+        wait_until_ok(f"{url}/health", timeout_s=120)
         yield url
     finally:
         server.should_exit = True
