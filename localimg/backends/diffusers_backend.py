@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,13 +15,17 @@ from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
 from localimg.backends.optimizations import optimize_pipeline, warm_up
 from localimg.backends.previews import DenoisingTap, decode_preview
+from localimg.backends.step_cache import step_cache_scope
 from localimg.errors import GenerationError, ModelUnavailableError
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from diffusers import DiffusionPipeline
     from PIL import Image
 
     from localimg.backends.base import DeviceInfo, GenerationPlan, StepCallback
+    from localimg.backends.optimizations import OptimizationPlan
     from localimg.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ class DiffusersBackend:
         self.adapter = adapter_for(spec.family, spec.variant)
         self.dtype = choose_dtype(device.kind, spec.family, cuda_capability(device), spec.dtype.get(device.kind))
         self._pipe: DiffusionPipeline | None = None
+        self.optimizations: OptimizationPlan | None = None  # what optimize_pipeline applied, once loaded
         # Edit pipelines built from `_pipe` with `from_pipe`: they share its components, so cost no weights.
         self._derived: dict[type[DiffusionPipeline], DiffusionPipeline] = {}
         self._tiled = False
@@ -152,7 +158,7 @@ class DiffusersBackend:
                 on_step(StepProgress(step + 1, pipe.num_timesteps, indexes, preview))
             return tensors
 
-        with torch.inference_mode(), tap.attached():
+        with torch.inference_mode(), tap.attached(), self._step_cache_scope(pipe):
             output = pipe(
                 **self.adapter.call_kwargs(plans),
                 generator=self._generators([seed for _, seed in items]),
@@ -168,6 +174,11 @@ class DiffusersBackend:
                     code="invalid_size",
                 )
         return images
+
+    def _step_cache_scope(self, pipe: DiffusionPipeline) -> AbstractContextManager[None]:
+        if self.optimizations is None or self.optimizations.step_cache == "off":
+            return nullcontext()
+        return step_cache_scope(pipe.transformer)  # step caches exist for the transformer families only
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # One generator per image, so image i depends on seeds[i] only, whatever the batch. CUDA generators live

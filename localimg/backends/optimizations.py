@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from localimg.backends.base import GenerationPlan
+from localimg.backends.step_cache import apply_step_cache
+from localimg.registry import FAMILY_STEP_CACHES
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -101,7 +103,7 @@ def resolve_optimizations(
     if fp8 and not fp8_capable:
         logger.warning("optimize.fp8 needs a CUDA GPU of compute capability 8.9+ (Ada/Hopper); not applied")
         fp8 = False
-    step_cache = settings.step_cache or ("first_block" if fast and not unet else "off")
+    step_cache = settings.step_cache or (FAMILY_STEP_CACHES.get(family, ("off",))[0] if fast else "off")
     warmup = settings.warmup_sizes
     if warmup is None:
         warmup = (default_size,) if compile_ or compile_vae else ()
@@ -144,7 +146,7 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
     if plan.fp8:
         plan = replace(plan, fp8=_quantize_fp8(denoiser))
     if plan.step_cache != "off":
-        denoiser.enable_cache(_step_cache_config(plan))
+        apply_step_cache(denoiser, plan.step_cache, plan.step_cache_threshold)
     if plan.sync_free:
         _start_schedules_at_zero(pipe)
     if plan.prompt_cache > 0:
@@ -291,14 +293,6 @@ def _quantize_fp8(module: Any) -> bool:
     return True
 
 
-def _step_cache_config(plan: OptimizationPlan) -> Any:
-    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
-
-    if plan.step_cache == "first_block":
-        return FirstBlockCacheConfig(threshold=plan.step_cache_threshold)
-    return TaylorSeerCacheConfig()
-
-
 def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -> None:
     import torch._dynamo
     import torch._inductor.config
@@ -317,6 +311,9 @@ def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -
             # A UNet step is many small kernels: CUDA graphs ("reduce-overhead") remove the launch gaps.
             denoiser.compile(mode="reduce-overhead" if plan.cuda_graphs else None, dynamic=plan.compile_dynamic)
         else:
-            denoiser.compile_repeated_blocks(fullgraph=True, dynamic=plan.compile_dynamic)
+            # A step cache decides per step whether to run the remaining blocks: a deliberate graph break
+            # (torch.compiler.disable in diffusers' hooks), so the blocks then compile as several graphs.
+            fullgraph = plan.step_cache == "off"
+            denoiser.compile_repeated_blocks(fullgraph=fullgraph, dynamic=plan.compile_dynamic)
     if plan.compile_vae:
         pipe.vae.decoder.compile(dynamic=plan.compile_dynamic)

@@ -10,7 +10,7 @@ from localimg.registry.catalogue import (
     ModelSpec,
     Registry,
 )
-from localimg.registry.optimize import OptimizeSettings
+from localimg.registry.optimize import FAMILY_STEP_CACHES, OptimizeSettings
 from localimg.registry.values import (
     DEVICE_KINDS,
     DTYPES,
@@ -28,6 +28,7 @@ __all__ = [
     "DTYPES",
     "FAMILIES",
     "FAMILY_DEFAULTS",
+    "FAMILY_STEP_CACHES",
     "MAX_INPUT_IMAGES",
     "QUALITY_LEVELS",
     "REFERENCE_VARIANTS",

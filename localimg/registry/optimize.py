@@ -12,6 +12,9 @@ from localimg.registry.values import Family, ImageSize, reject_unknown, resolve_
 OPTIMIZE_PRESETS = ("off", "lossless", "fast")
 ATTENTION_CHOICES = ("auto", "default", "cudnn", "flash", "efficient", "math")
 STEP_CACHES = ("off", "first_block", "taylorseer")
+# The step caches diffusers' hooks can run per family, the "fast" preset's first. first_block needs every block to
+# return the text stream it caches, which SD3's last block (context_pre_only) does not.
+FAMILY_STEP_CACHES: dict[str, tuple[str, ...]] = {"flux": ("first_block", "taylorseer"), "sd3": ("taylorseer",)}
 _TRISTATE_KEYS = ("compile", "compile_vae", "compile_dynamic", "cuda_graphs", "fuse_qkv", "channels_last", "sync_free")
 
 
@@ -21,7 +24,7 @@ class OptimizeSettings:
     (lossless options on for CUDA, everything but the prompt cache off elsewhere).
 
     `preset` sets the defaults of the others: "off" (plain diffusers), "lossless" (same images, faster) or "fast"
-    (lossless plus the lossy fp8 GEMMs and first-block step caching; images change). Keys given explicitly win.
+    (lossless plus the lossy fp8 GEMMs and a step cache; images change). Keys given explicitly win.
     """
 
     preset: str = "lossless"
@@ -36,7 +39,7 @@ class OptimizeSettings:
     sync_free: bool | None = None  # start every schedule at index 0 instead of searching it (a device sync)
     prompt_cache: int = 32  # prompt embeddings kept (LRU); 0 turns the cache off
     fp8: bool | None = None  # lossy: torchao fp8 dynamic quantization of the denoiser (CUDA sm89+ only)
-    step_cache: str | None = None  # lossy: "off" | "first_block" | "taylorseer" (transformer families)
+    step_cache: str | None = None  # lossy: "off" | "first_block" (flux) | "taylorseer" (flux, sd3)
     step_cache_threshold: float = 0.05  # first_block: residual change under which the other blocks are skipped
     warmup_sizes: tuple[ImageSize, ...] | None = None  # None: the default size when anything is compiled
     compile_cache_dir: Path | None = None  # torch's inductor/triton cache; None: torch's default (or its env vars)
@@ -72,8 +75,10 @@ def parse_optimize(value: Any, family: Family, base_dir: Path, ctx: str) -> Opti
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
             raise RegistryError(f"{ctx}: optimize.step_cache_threshold must be a number between 0 and 1")
         fields["step_cache_threshold"] = float(threshold)
-    if fields.get("step_cache", "off") != "off" and family not in ("flux", "sd3"):
-        raise RegistryError(f"{ctx}: optimize.step_cache works with transformer families (flux, sd3), not {family}")
+    step_cache = fields.get("step_cache", "off")
+    if step_cache != "off" and step_cache not in FAMILY_STEP_CACHES.get(family, ()):
+        works = ", ".join(f"{name}: {' or '.join(caches)}" for name, caches in FAMILY_STEP_CACHES.items())
+        raise RegistryError(f"{ctx}: optimize.step_cache = {step_cache!r} does not work with {family} ({works})")
     if fields.get("cuda_graphs") and family not in ("sd15", "sdxl"):
         raise RegistryError(f"{ctx}: optimize.cuda_graphs is for the UNet families (sd15, sdxl), not {family}")
     if "warmup_sizes" in value:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from localimg.backends.base import GenerationPlan
+from localimg.backends.base import EditInputs, GenerationPlan, StepProgress
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
 from localimg.backends.optimizations import PromptEmbeddingCache, resolve_optimizations
@@ -30,10 +31,12 @@ def backend_with(registry: Registry, name: str, settings: OptimizeSettings) -> D
     return backend
 
 
-def image(backend: DiffusersBackend, prompt: str = "a red fox in tall grass", seed: int = 3) -> np.ndarray:
+def image(
+    backend: DiffusersBackend, prompt: str = "a red fox in tall grass", seed: int = 3, steps: int = 2
+) -> np.ndarray:
     preset = backend.spec.quality["low"]
     plan = GenerationPlan(
-        model=backend.spec.name, prompt=prompt, width=64, height=64, steps=2, guidance_scale=preset.guidance,
+        model=backend.spec.name, prompt=prompt, width=64, height=64, steps=steps, guidance_scale=preset.guidance,
         seeds=(seed,), max_sequence_length=preset.max_sequence_length,
     )  # fmt: skip
     (result,) = backend.generate([plan])
@@ -71,6 +74,56 @@ def test_prompt_cache_hit_returns_identical_images(registry: Registry, name: str
     image(backend, prompt="a third prompt")  # evicts the first (size 2)
     image(backend)
     assert (cache.hits, cache.misses) == (1, 4)
+
+
+@pytest.mark.parametrize("method", ["first_block", "taylorseer"])
+def test_step_cache_skips_blocks_on_some_steps(registry: Registry, method: str):
+    steps = 8
+    plain = image(backend_with(registry, "tiny-flux", OFF), steps=steps)
+    # Every residual change is under this threshold, so first_block reuses the tail blocks after its first step;
+    # taylorseer ignores it and predicts the attention outputs between its own refresh steps.
+    backend = backend_with(registry, "tiny-flux", dataclasses.replace(OFF, step_cache=method, step_cache_threshold=1e6))
+    last_block = backend._pipe.transformer.single_transformer_blocks[-1]
+    computed: list[int] = []
+    handle = last_block.attn.to_q.register_forward_hook(lambda *_: computed.append(1))
+    cached = image(backend, steps=steps)
+    handle.remove()
+    assert 0 < len(computed) < steps
+    assert np.abs(cached - plain).mean() > 0  # lossy by design: why it is off unless asked for
+
+
+class Cancelled(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("tiny-flux", "first_block"), ("tiny-flux", "taylorseer"), ("tiny-flux-kontext", "first_block"),
+     ("tiny-sd3", "taylorseer")],
+)  # fmt: skip
+def test_step_cache_runs_every_kind_of_call_and_starts_each_afresh(registry: Registry, name: str, method: str):
+    # diffusers names a cache context only in FluxPipeline's text-to-image loop; the edit pipelines, Kontext's and
+    # SD3's need the backend's. Each call must start from fresh cache state, even after a cancelled one.
+    backend = backend_with(registry, name, dataclasses.replace(OFF, step_cache=method, step_cache_threshold=1e6))
+    source = Image.new("RGB", (64, 64), (200, 40, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    preset = backend.spec.quality["low"]
+    for edit in (None, EditInputs((source,), strength=0.6), EditInputs((source,), mask=mask, strength=1.0)):
+        plan = GenerationPlan(
+            model=name, prompt="a red fox", width=64, height=64, steps=6, guidance_scale=preset.guidance,
+            seeds=(4,), max_sequence_length=preset.max_sequence_length, edit=edit,
+        )  # fmt: skip
+        (first,) = backend.generate([plan])
+
+        def cancel(progress: StepProgress) -> None:
+            if progress.step == 3:
+                raise Cancelled
+
+        with pytest.raises(Cancelled):
+            backend.generate([plan], on_step=cancel)
+        (again,) = backend.generate([plan])
+        assert np.array_equal(np.asarray(first), np.asarray(again)), edit
 
 
 def test_prompt_cache_bypasses_tensor_arguments():
@@ -123,6 +176,7 @@ CUDA_H100 = ("cuda", (9, 0))
         (OptimizeSettings(preset="fast"), "flux", CUDA_H100, dict(fp8=True, step_cache="first_block")),
         (OptimizeSettings(preset="fast"), "flux", ("cuda", (8, 0)), dict(fp8=False, step_cache="first_block")),
         (OptimizeSettings(preset="fast"), "sdxl", CUDA_H100, dict(fp8=True, step_cache="off")),
+        (OptimizeSettings(preset="fast"), "sd3", CUDA_H100, dict(fp8=True, step_cache="taylorseer")),
         (OptimizeSettings(preset="off"), "flux", CUDA_H100, dict(compile=False, prompt_cache=0, fp8=False)),
         (
             OptimizeSettings(compile=False),
