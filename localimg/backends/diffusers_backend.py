@@ -72,7 +72,7 @@ class DiffusersBackend:
         pipe.set_progress_bar_config(disable=True)
         self.optimizations = optimize_pipeline(pipe, self.spec, self.device, self.dtype)
         self._pipe = pipe
-        warm_up(self.generate, self.spec, self.optimizations.warmup_sizes)
+        warm_up(self.generate, self.spec, self.optimizations)
         logger.info("model %s ready on %s (%s, %s)", self.spec.name, self.device.name, self.device.kind, self.dtype)
 
     def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:

@@ -46,6 +46,10 @@ _SDPA_BACKENDS = {
     "math": torch.nn.attention.SDPBackend.MATH,
 }
 WARMUP_STEPS = 2
+# With a step cache, enough steps that the cached branch runs too (TaylorSeer first predicts at step 3 and
+# refreshes at step 4): under compile it is a graph of its own, which should not compile on a request. first_block
+# reuses only when the data say so, so its small reuse graph may still compile on the first request that reuses.
+WARMUP_STEPS_WITH_STEP_CACHE = 6
 
 
 @dataclass(frozen=True)
@@ -157,15 +161,18 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
     return plan
 
 
-def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, sizes: tuple[ImageSize, ...]) -> float:
-    """Run every served size once per distinct quality preset shape (guidance on/off, text length), so that
-    compilation and CUDA-graph capture happen now rather than on a request. Returns the seconds it took."""
+def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, plan: OptimizationPlan) -> float:
+    """Run every size of `plan.warmup_sizes` once per distinct quality preset shape (guidance on/off, text
+    length), so that compilation and CUDA-graph capture happen now rather than on a request. Returns the seconds
+    it took."""
+    sizes = plan.warmup_sizes
+    steps = WARMUP_STEPS if plan.step_cache == "off" else WARMUP_STEPS_WITH_STEP_CACHE
     started = time.perf_counter()
     shapes = {(preset.guidance, preset.max_sequence_length) for preset in spec.quality.values()}
     for size in sizes:
         for guidance, max_sequence_length in sorted(shapes, key=str):
             generate([GenerationPlan(
-                model=spec.name, prompt="warm-up", width=size.width, height=size.height, steps=WARMUP_STEPS,
+                model=spec.name, prompt="warm-up", width=size.width, height=size.height, steps=steps,
                 guidance_scale=guidance, seeds=(0,), max_sequence_length=max_sequence_length,
             )])  # fmt: skip
     seconds = time.perf_counter() - started

@@ -143,24 +143,24 @@ def test_prompt_cache_bypasses_tensor_arguments():
     assert calls == ["a", "a"] and cache.hits == 1
 
 
-def test_warmup_sizes_run_at_load(registry: Registry):
-    spec = registry.resolve("tiny-sd15")
+@pytest.mark.parametrize(("name", "step_cache", "steps"), [("tiny-sd15", None, 2), ("tiny-sd3", "taylorseer", 6)])
+def test_warmup_sizes_run_at_load(registry: Registry, name: str, step_cache: str | None, steps: int):
+    spec = registry.resolve(name)
     assert spec is not None
-    sizes: list[tuple[int, int]] = []
-    backend = DiffusersBackend(
-        dataclasses.replace(spec, optimize=OptimizeSettings(warmup_sizes=(ImageSize(64, 64), ImageSize(96, 64)))),
-        resolve_device("cpu"),
-    )
+    warmups: list[tuple[int, int, int]] = []
+    settings = OptimizeSettings(warmup_sizes=(ImageSize(64, 64), ImageSize(96, 64)), step_cache=step_cache)
+    backend = DiffusersBackend(dataclasses.replace(spec, optimize=settings), resolve_device("cpu"))
     original = backend.generate
 
     def recording(batch, on_step=None):
-        sizes.extend((plan.width, plan.height) for plan in batch)
+        warmups.extend((plan.width, plan.height, plan.steps) for plan in batch)
         return original(batch, on_step)
 
     backend.generate = recording  # type: ignore[method-assign]
     backend.load()
-    # tiny-sd15's presets share one guidance and text length: one warm-up per size.
-    assert sizes == [(64, 64), (96, 64)]
+    # The tiny models' presets share one guidance and text length: one warm-up per size. With a step cache, enough
+    # steps for its cached branch to run (and compile) too.
+    assert warmups == [(64, 64, steps), (96, 64, steps)]
 
 
 CUDA_H100 = ("cuda", (9, 0))
