@@ -171,9 +171,13 @@ class JobStream:
 
     async def _encode(self, image: Image.Image) -> str:
         output = self._job.output
-        # Finishing and encoding a large PNG take tens of milliseconds: keep them off the event loop.
-        data = await asyncio.to_thread(lambda: encode_image(self._finish(image), output.format, output.compression))
-        return base64.b64encode(data).decode("ascii")
+
+        # Finishing, encoding and base64 of a large PNG take tens of milliseconds: keep them off the event loop.
+        def encode() -> str:
+            data = encode_image(self._finish(image), output.format, output.compression)
+            return base64.b64encode(data).decode("ascii")
+
+        return await asyncio.to_thread(encode)
 
     def _fields(self, b64_json: str) -> dict[str, object]:
         options = self._options
