@@ -1,4 +1,7 @@
-"""Optional API keys: `Authorization: Bearer <key>` on every route but /health and /ready.
+"""Optional API keys: `Authorization: Bearer <key>` on every route but /health, /ready and the image links.
+
+Image links (`response_format="url"`) are capabilities, like OpenAI's pre-signed ones: their ids carry 144 random
+bits and expire, and apps hand them to browsers and `<img src>`, which send no key.
 
 Keys are kept only as sha256 digests and compared in constant time against every configured digest, so neither
 the keys nor, through timing, their prefixes leak. A keys file holds one key per line (`#` comments); a line
@@ -19,6 +22,7 @@ from localimg.api.errors import error_response
 from localimg.errors import AuthenticationError
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PREFIXES = ("/v1/images/files/", "/images/files/")
 _HASH_PREFIX = "sha256:"
 
 
@@ -56,7 +60,7 @@ class ApiKeyMiddleware:
         self._hashes = tuple(bytes.fromhex(h) for h in hashes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         key = _bearer(scope)
@@ -81,6 +85,10 @@ class ApiKeyMiddleware:
         for accepted in self._hashes:
             matched |= hmac.compare_digest(digest, accepted)
         return matched
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -4,6 +4,7 @@ costs about one small denoising step."""
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import threading
@@ -17,9 +18,10 @@ import numpy as np
 import openai
 import pytest
 from openai import OpenAI
+from PIL import Image
 
 from tests.e2e.conftest import ServerProcess
-from tests.e2e.images import decode
+from tests.e2e.images import check_magic, decode
 
 SMALL = {"model": "tiny-sd15", "size": "64x64", "quality": "low"}
 KEY = "sk-test-engine-key"
@@ -153,6 +155,20 @@ def test_wrong_or_missing_key_is_401_invalid_api_key(guarded_server: ServerProce
     assert httpx.get(f"{guarded_server.root}/ready").status_code == 200
     right = OpenAI(base_url=f"{guarded_server.root}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in right.models.list()]
+
+
+def test_image_links_open_without_the_key(guarded_server: ServerProcess):
+    # Like OpenAI's pre-signed links: apps pass them to browsers and <img src>, which send no Authorization.
+    client = OpenAI(base_url=f"{guarded_server.root}/v1", api_key=KEY, max_retries=0, timeout=120)
+    result = client.images.generate(model="dall-e-2", prompt="a lighthouse", size="256x256")
+    url = result.data[0].url
+    assert url and url.startswith(f"{guarded_server.root}/v1/images/files/")
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    check_magic(fetched.content, "png")
+    assert Image.open(io.BytesIO(fetched.content)).size == (256, 256)
+    guessed = httpx.get(url.rsplit("/", 1)[0] + "/not-an-id.png")
+    assert guessed.status_code == 404 and guessed.json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
