@@ -7,6 +7,14 @@ Each class fixes the HTTP status and OpenAI error `type`; an instance carries th
 from __future__ import annotations
 
 
+def quoted_list(values: list[str] | tuple[str, ...]) -> str:
+    """OpenAI's way of listing supported values: `'low', 'medium', 'high', and 'auto'`."""
+    quoted = [f"'{value}'" for value in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
+
+
 class LocalImgError(Exception):
     status: int = 500
     type: str = "server_error"

@@ -7,6 +7,7 @@ Validation failures are 400 with OpenAI's codes (never FastAPI's 422 `detail`); 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from localimg.errors import (
     ModelUnavailableError,
     OverloadedError,
     RequestTimeoutError,
+    quoted_list,
 )
 from localimg.protocol import ErrorBody, ErrorResponse
 
@@ -81,6 +83,8 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
     field = _field(error)
     value = error.get("input")
     ctx = error.get("ctx") or {}
+    if kind == "json_invalid":  # its loc is the body's character offset, not a parameter
+        return InvalidRequestError(_INVALID_JSON, code="invalid_json")
     if field is None:
         if kind == "missing":
             return InvalidRequestError(
@@ -100,10 +104,10 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
             code="invalid_type",
         )
     if kind == "literal_error":
+        # pydantic lists them as "'png', 'jpeg' or 'webp'"; OpenAI as "'png', 'jpeg', and 'webp'".
+        supported = quoted_list(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
         return InvalidRequestError(
-            f"Invalid value: '{value}'. Supported values are: {ctx.get('expected', '')}.",
-            param=field,
-            code="invalid_value",
+            f"Invalid value: '{value}'. Supported values are: {supported}.", param=field, code="invalid_value"
         )
     if kind == "string_too_short":
         return InvalidRequestError(
@@ -123,7 +127,7 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
     if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
         above = kind.startswith("less")
         bound = next(iter(ctx.values()), None)
-        number = "integer" if isinstance(value, int) else "decimal"
+        number = "integer" if _is_integer(value) else "decimal"
         direction = "above maximum" if above else "below minimum"
         relation = "<=" if above else ">="
         return InvalidRequestError(
@@ -139,6 +143,13 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
 def _field(error: Mapping[str, Any]) -> str | None:
     loc = [part for part in error.get("loc", ()) if part != "body"]
     return ".".join(str(part) for part in loc) or None
+
+
+def _is_integer(value: Any) -> bool:
+    # Multipart forms carry numbers as text: "11" is the integer a client meant.
+    if isinstance(value, str):
+        return value.strip().lstrip("+-").isdigit()
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _json_type(value: Any) -> str:

@@ -4,9 +4,10 @@ The rules shared with generations (model, prompt, size, quality, output format, 
 this module adds what only image inputs have:
 
 - **Masks** (OpenAI's semantics): fully transparent pixels (alpha = 0) of `mask` mark the region to edit; the
-  mask applies to the first image and must have its size. Without a mask, a first image with fully transparent
-  pixels uses its own alpha as the mask. A masked edit runs the family's inpainting path, and every pixel
-  outside the region is copied back from the original afterwards (`ImageJob.keep`).
+  mask applies to the first image and must have its size. Without a mask, `dall-e-2` (only: its legacy rule) uses
+  the fully transparent pixels of the first image as the mask; GPT image models edit the whole image. A masked
+  edit runs the family's inpainting path, and every pixel outside the region is copied back from the original
+  afterwards (`ImageJob.keep`).
 - **`size="auto"`** (or omitted) follows the first image: its own size when the model allows it, otherwise
   scaled into the model's limits with the same aspect ratio, sides rounded to the model's multiple.
 - **`input_fidelity`** picks how far the result may move from the first image (diffusers' `strength`):
@@ -43,6 +44,8 @@ from localimg.service.planning import (
     api_style,
     build_plan,
     check_prompt,
+    check_response_format,
+    check_response_format,
     draw_seeds,
     image_tokens,
     resolve_model,
@@ -98,17 +101,14 @@ def plan_edit(
         raise InvalidRequestError(
             "Unknown parameter: 'input_fidelity'.", param="input_fidelity", code="unknown_parameter"
         )
-    if style == "gpt-image" and request.response_format is not None:
-        raise InvalidRequestError(
-            "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
-        )
+    check_response_format(request.response_format, style, model_named=request.model is not None)
     spec = _model_for_images(images, spec, registry)
     first = images[0].image
-    region = (
-        edit_region_from_mask(mask.image, first.size, param=mask.param)
-        if mask is not None
-        else edit_region_from_alpha(first)
-    )
+    if mask is not None:
+        region = edit_region_from_mask(mask.image, first.size, param=mask.param)
+    else:
+        # dall-e-2's legacy rule; GPT image models edit the whole image, and a cut-out's transparency is its look.
+        region = edit_region_from_alpha(first) if style == "dall-e-2" else None
     size = size_for_input(first.size, spec) if request.size in (None, "auto") and style == "gpt-image" else None
     size = size or resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
@@ -143,7 +143,7 @@ def plan_variation(
     """Resolve a variations request: dall-e-2's sizes and response shape, whatever local model serves it."""
     requested_model = request.model or "dall-e-2"
     spec = resolve_model(requested_model, registry)
-    size = resolve_size(request.size or "1024x1024", "dall-e-2", spec)
+    size = resolve_size(request.size, "dall-e-2", spec)
     quality = spec.auto_quality
     preset = spec.quality[quality]
     square = ImageOps.fit(_flatten(image.image), (size.width, size.height), Image.Resampling.LANCZOS)

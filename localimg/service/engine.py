@@ -118,18 +118,26 @@ class Engine:
                 log.error("model %s is unavailable: %s", name, exc.message)
 
     async def generate(
-        self, plan: GenerationPlan, on_step: StepCallback | None = None, *, client: str | None = None
+        self,
+        plan: GenerationPlan,
+        on_step: StepCallback | None = None,
+        *,
+        client: str | None = None,
+        usage_prompt: str | None = None,
     ) -> GenerationResult:
         """Run `plan` for `client` (default: the current request's client, see request_context).
 
-        If the awaiting task is cancelled (client gone) the job is dropped, and its backend call stops at the
-        next step once no other job shares it. Past the request timeout it raises RequestTimeoutError."""
+        The result's `prompt_tokens` counts `usage_prompt` (default: the plan's prompt): the client's own words
+        when the service added some of its own. If the awaiting task is cancelled (client gone) the job is
+        dropped, and its backend call stops at the next step once no other job shares it. Past the request
+        timeout it raises RequestTimeoutError."""
         self._admit(plan)
         job = Job(
             plan,
             client if client is not None else request_context.client_id.get(),
             on_step,
             request_id=request_context.request_id.get(),
+            usage_prompt=plan.prompt if usage_prompt is None else usage_prompt,
         )
         self._in_flight += 1
         try:
@@ -280,7 +288,7 @@ class Engine:
             fan_out.abort_if_all_cancelled()
             backend = self._residency.acquire(model)
             # Counted here, on the worker: fast tokenizers are not safe to share across threads.
-            tokens = [backend.count_tokens(job.plan.prompt) for job in batch]
+            tokens = [backend.count_tokens(job.usage_prompt) for job in batch]
             self.metrics.backend_calls.labels(model).inc()
             self.metrics.batch_images.observe(images)
             self.metrics.batch_jobs.observe(len(batch))

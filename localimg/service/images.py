@@ -83,21 +83,22 @@ class ImageService:
         (decoded,) = await asyncio.to_thread(_decode_all, [image], self.input_limits)
         return await self._respond(plan_variation(request, decoded, self.registry, self._random_seed), url_base)
 
-    async def _respond(self, job: ImageJob, url_base: str) -> ImagesResponse:
-        job = self.transparency.prepare(job)
+    async def _respond(self, requested: ImageJob, url_base: str) -> ImagesResponse:
+        # The job run may carry words of the service's own (transparency); usage and revised_prompt are the client's.
+        job = self.transparency.prepare(requested)
         plan = job.plan
         log.info(
             "%s model=%s size=%s quality=%s steps=%d n=%d seeds=%s background=%s",
             "edit" if plan.edit else "generate", plan.model, job.size, job.quality, plan.steps, plan.n, plan.seeds,
             job.output.background,
         )  # fmt: skip
-        result = await self.engine.generate(plan)
+        result = await self.engine.generate(plan, usage_prompt=requested.plan.prompt)
         # Compositing, matting and encoding a large PNG take tens of milliseconds: keep them off the event loop.
         files = await asyncio.to_thread(self.finish_and_encode, job, result.images)
         return ImagesResponse(
             created=int(self._clock()),
-            data=await self._image_data(files, job, url_base),
-            **self._gpt_image_fields(job, result.prompt_tokens),
+            data=await self._image_data(files, requested, url_base),
+            **self._gpt_image_fields(requested, result.prompt_tokens),
         )
 
     def finish_and_encode(self, job: ImageJob, images: Sequence[Image.Image]) -> list[bytes]:
@@ -113,10 +114,10 @@ class ImageService:
         """Resolve a generations request (raises InvalidRequestError), e.g. before a stream starts."""
         return plan_generation(request, self.registry, self._random_seed)
 
-    def stream(self, job: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
+    def stream(self, requested: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
         """Run a job planned with `stream` set, as `{event_prefix}.partial_image` / `.completed` events (see
         service/streaming.py for their order and usage). Domain errors raised while it runs propagate."""
-        job = self.transparency.prepare(job)
+        job = self.transparency.prepare(requested)
         plan = job.plan
         log.info(
             "stream %s model=%s size=%s quality=%s steps=%d n=%d partial_images=%d seeds=%s",
@@ -127,7 +128,8 @@ class ImageService:
             self.engine,
             job,
             event_prefix,
-            usage=lambda tokens: self._usage(job, tokens),
+            usage_prompt=requested.plan.prompt,
+            usage=lambda tokens: self._usage(requested, tokens),
             finish=lambda image: self.finish(job, image),
             clock=self._clock,
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from localimg.backends.base import EditInputs, GenerationPlan
-from localimg.errors import InvalidRequestError
+from localimg.errors import InvalidRequestError, quoted_list
 from localimg.imaging.alpha import asks_for_transparency
 from localimg.protocol import ImageGenerateRequest, OutputFormat, ResponseFormat
 from localimg.registry import ImageSize, ModelSpec, Registry
@@ -34,6 +34,7 @@ DALLE_SIZES: dict[ApiStyle, tuple[str, ...]] = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
 }
+DALLE_DEFAULT_SIZE = ImageSize(1024, 1024)  # both DALL·E models, every endpoint
 PROMPT_MAX_CHARS: dict[ApiStyle, int] = {"gpt-image": 32_000, "dall-e-2": 1_000, "dall-e-3": 4_000}
 # DALL·E quality names map onto our presets: "hd" is the better one.
 DALLE_QUALITY: dict[ApiStyle, dict[str, str]] = {
@@ -98,7 +99,7 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
     check_prompt(request.prompt, style)
     n = request.n or 1
     if style == "dall-e-3" and n != 1:
-        raise InvalidRequestError("You must provide n=1 for this model.", param="n", code="invalid_value")
+        raise InvalidRequestError("You must provide n=1 for this model.")  # OpenAI names no param or code here
     _check_style_only_params(request, style)
     stream = resolve_stream(
         request.stream, request.partial_images, style,
@@ -185,11 +186,18 @@ def check_prompt(prompt: str, style: ApiStyle) -> None:
 
 def _check_style_only_params(request: ImageGenerateRequest, style: ApiStyle) -> None:
     """`response_format` and `style` exist only for DALL·E models; gpt-image models refuse them by name."""
-    dalle_only = {"response_format": request.response_format, "style": request.style}
-    allowed = {"dall-e-2": {"response_format"}, "dall-e-3": {"response_format", "style"}}.get(style, set())
-    for name, value in dalle_only.items():
-        if value is not None and name not in allowed:
-            raise InvalidRequestError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+    check_response_format(request.response_format, style, model_named=request.model is not None)
+    if request.style is not None and style != "dall-e-3":
+        raise InvalidRequestError("Unknown parameter: 'style'.", param="style", code="unknown_parameter")
+
+
+def check_response_format(response_format: ResponseFormat | None, style: ApiStyle, *, model_named: bool) -> None:
+    """GPT image models refuse `response_format` by name. A request naming no model may send it: the API's
+    default model used to be dall-e-2, and code written then sends `prompt` and `response_format` only."""
+    if response_format is not None and style == "gpt-image" and model_named:
+        raise InvalidRequestError(
+            "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
+        )
 
 
 def resolve_stream(
@@ -231,7 +239,7 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
     if style != "gpt-image":
         allowed = DALLE_SIZES[style]
         if text is None or text == "auto":
-            return ImageSize.parse(allowed[0])  # type: ignore[return-value]
+            return DALLE_DEFAULT_SIZE
         if text not in allowed:
             raise _invalid_value(text, [*allowed], param="size")
         size = ImageSize.parse(text)
@@ -244,7 +252,7 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
     if size is None:
         raise InvalidRequestError(
             f"Invalid size '{text}'. Expected WIDTHxHEIGHT, for example '1536x1024', or one of "
-            f"{_quoted([*GPT_IMAGE_SIZES, 'auto'])}.",
+            f"{quoted_list([*GPT_IMAGE_SIZES, 'auto'])}.",
             param="size",
             code="invalid_value",
         )
@@ -341,10 +349,7 @@ def image_tokens(size: ImageSize) -> int:
 
 def _invalid_value(value: str, allowed: Sequence[str], *, param: str) -> InvalidRequestError:
     return InvalidRequestError(
-        f"Invalid value: '{value}'. Supported values are: {_quoted(allowed)}.", param=param, code="invalid_value"
+        f"Invalid value: '{value}'. Supported values are: {quoted_list(tuple(allowed))}.",
+        param=param,
+        code="invalid_value",
     )
-
-
-def _quoted(values: Sequence[str]) -> str:
-    quoted = [f"'{v}'" for v in values]
-    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"

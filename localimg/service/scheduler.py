@@ -46,6 +46,7 @@ class Job:
     client: str
     on_step: StepCallback | None = None
     request_id: str = "-"
+    usage_prompt: str = ""  # the text whose tokens the result reports
     enqueued_at: float = field(default_factory=time.monotonic)
     future: Future[GenerationResult] = field(default_factory=Future)
     # Set from the event loop (client gone, timeout) or by the worker (its own step callback failed); the

@@ -103,6 +103,7 @@ class JobStream:
         job: ImageJob,
         prefix: EventPrefix,
         *,
+        usage_prompt: str,
         usage: Callable[[int], Usage],
         finish: Callable[[Image.Image], Image.Image],
         clock: Callable[[], float],
@@ -113,6 +114,7 @@ class JobStream:
         self._job = job
         self._options = job.stream
         self._prefix = prefix
+        self._usage_prompt = usage_prompt  # the client's prompt, whose tokens `usage` gets
         self._usage = usage  # prompt tokens -> the whole job's usage, as in the non-streaming response
         self._finish = finish  # what the final files get (kept region, matting); previews get it too
         self._clock = clock
@@ -122,7 +124,7 @@ class JobStream:
         loop = asyncio.get_running_loop()
         previews: asyncio.Queue[_Preview | None] = asyncio.Queue()
         on_step = self._step_callback(lambda item: loop.call_soon_threadsafe(previews.put_nowait, item))
-        job = asyncio.ensure_future(self._engine.generate(self._job.plan, on_step))
+        job = asyncio.ensure_future(self._engine.generate(self._job.plan, on_step, usage_prompt=self._usage_prompt))
         job.add_done_callback(lambda _: previews.put_nowait(None))
         held: dict[int, list[_Preview]] = {}  # partials of images whose turn has not come
         sent = [0] * self._job.plan.n  # partials sent per image

@@ -95,12 +95,17 @@ def test_masked_edit_keeps_every_pixel_outside_the_mask(client: OpenAI):
         assert np.abs(edited[~outside] - pixels(source)[~outside]).mean() > 5, "the masked region was not edited"
 
 
-def test_image_alpha_is_the_mask_when_no_mask_is_sent(client: OpenAI):
+def test_without_a_mask_dall_e_2_edits_the_transparent_pixels_and_gpt_models_the_whole_image(client: OpenAI):
     source = picture(seed=5).convert("RGBA")
-    ImageDraw.Draw(source).rectangle((0, 0, 127, 255), fill=(0, 0, 0, 0))  # left half transparent: edit it
-    result = client.images.edit(model="tiny-flux", image=png_bytes(source), prompt=PROMPT)
-    edited = pixels(decode(result.data[0].b64_json, "png", (256, 256)))
-    assert np.array_equal(edited[:, 128:], pixels(source)[:, 128:])
+    ImageDraw.Draw(source).rectangle((0, 0, 127, 255), fill=(0, 0, 0, 0))  # left half transparent
+    legacy = client.images.edit(
+        model="dall-e-2", image=png_bytes(source), prompt=PROMPT, size="256x256", response_format="b64_json"
+    )
+    edited = pixels(decode(legacy.data[0].b64_json, "png", (256, 256)))
+    assert np.array_equal(edited[:, 128:], pixels(source)[:, 128:])  # only the transparent half was repainted
+    whole = client.images.edit(model="gpt-image-1", image=png_bytes(source), prompt=PROMPT)
+    edited = pixels(decode(whole.data[0].b64_json, "png", (256, 256)))
+    assert np.abs(edited[:, 128:] - pixels(source)[:, 128:]).mean() > 5, "the opaque half was not edited"
 
 
 def test_mask_of_the_wrong_size_is_rejected(client: OpenAI):
@@ -202,6 +207,22 @@ def test_transparent_background_on_edits(client: OpenAI):
     )
     assert result.background == "transparent"
     assert decode(result.data[0].b64_json, "png", (256, 256)).mode == "RGBA"
+
+
+def test_usage_and_revised_prompt_hold_only_the_clients_words(client: OpenAI):
+    # Built-in transparency adds words of its own to the prompt the model sees; the client pays for and reads its own.
+    ask = {"model": "tiny-sd15", "prompt": "a red apple", "size": "256x256"}
+    opaque = client.images.generate(**ask)
+    clear = client.images.generate(**ask, background="transparent")
+    assert clear.usage is not None and opaque.usage is not None
+    assert clear.usage.input_tokens_details.text_tokens == opaque.usage.input_tokens_details.text_tokens
+    streamed = client.images.generate(**ask, background="transparent", stream=True)
+    (completed,) = [event for event in streamed if event.type == "image_generation.completed"]
+    assert completed.usage.input_tokens_details.text_tokens == opaque.usage.input_tokens_details.text_tokens
+    dalle = client.images.generate(
+        model="dall-e-3", prompt="a red apple", background="transparent", response_format="b64_json"
+    )
+    assert dalle.data[0].revised_prompt == "a red apple"
 
 
 def test_background_auto_follows_the_prompt(client: OpenAI):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import httpx
 import openai
 import pytest
 from openai import OpenAI
+from PIL import Image
 
 PROMPT = "a red circle"
 
@@ -30,7 +33,7 @@ INVALID = [
     ({"response_format": "url"}, "response_format", "unknown_parameter"),
     ({"style": "vivid"}, "style", "unknown_parameter"),
     ({"moderation": "strict"}, "moderation", "invalid_value"),
-    ({"model": "dall-e-3", "n": 2}, "n", "invalid_value"),
+    ({"model": "dall-e-3", "n": 2}, None, None),
     ({"model": "dall-e-2", "size": "1536x1024"}, "size", "invalid_value"),
     ({"extra_body": {"bogus_field": 1}}, "bogus_field", "unknown_parameter"),
     ({"extra_body": {"mask": "x"}}, "mask", "unknown_parameter"),
@@ -58,12 +61,27 @@ def raw_post(server, body: bytes | str, content_type: str = "application/json") 
     )
 
 
-@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '"a string"', "", "null"])
+@pytest.mark.parametrize("body", ["{not json", '{"prompt": "x",', "[1, 2]", '"a string"', "", "null"])
 def test_malformed_json_is_a_400_envelope(server, body: str):
     response = raw_post(server, body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    if body.startswith("{"):
+        assert (error["param"], error["code"]) == (None, "invalid_json")
+
+
+@pytest.mark.parametrize(("n", "code"), [(11, "integer_above_max_value"), (0, "integer_below_min_value")])
+def test_out_of_range_n_on_multipart_routes_has_the_integer_code(client: OpenAI, n: int, code: str):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(png, format="PNG")
+    for call in (
+        lambda: client.images.edit(model="tiny-flux", image=png.getvalue(), prompt="x", n=n),
+        lambda: client.images.create_variation(image=png.getvalue(), n=n),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert (info.value.param, info.value.code) == ("n", code)
 
 
 def test_missing_prompt(server):

@@ -97,13 +97,24 @@ def test_mask_becomes_the_region_and_kept_pixels():
     assert job.keep is not None and job.keep.original.size == (1024, 1024)
 
 
-def test_image_alpha_is_the_mask_without_a_mask():
+def test_image_alpha_is_the_mask_without_a_mask_on_dall_e_2_only():
     rgba = Image.new("RGBA", (512, 512), (5, 5, 5, 255))
     rgba.paste((0, 0, 0, 0), (0, 0, 100, 100))
-    job = edit(images=[InputImage("image", rgba)])
-    assert job.plan.edit.mask is not None and job.plan.edit.mask.getpixel((5, 5)) == 255
-    assert job.plan.edit.strength == 1.0
-    assert job.plan.edit.images[0].mode == "RGB"
+    legacy = edit(images=[InputImage("image", rgba)], model="dall-e-2")
+    assert legacy.plan.edit.mask is not None and legacy.plan.edit.mask.getpixel((5, 5)) == 255
+    assert legacy.plan.edit.strength == 1.0 and legacy.keep is not None
+    assert legacy.plan.edit.images[0].mode == "RGB"
+    whole = edit(images=[InputImage("image", rgba)], model="gpt-image-1")
+    assert whole.plan.edit.mask is None and whole.keep is None
+    assert whole.plan.edit.images[0].mode == "RGB"
+
+
+@pytest.mark.parametrize("size", [None, "auto"])
+def test_dall_e_sizes_default_to_1024_square(size: str | None):
+    assert edit(model="dall-e-2", size=size, images=[image(256, 256)]).size == ImageSize(1024, 1024)
+    assert plan_variation(ImageVariationRequest(size=size), image(256, 256), REGISTRY, lambda: 1).size == (
+        ImageSize(1024, 1024)
+    )
 
 
 def test_mask_size_must_match_the_first_image():

@@ -34,7 +34,7 @@ def plan(**fields):
     return plan_generation(ImageGenerateRequest(**fields), REGISTRY, lambda: 1234)
 
 
-def rejects(param: str, code: str, **fields) -> InvalidRequestError:
+def rejects(param: str | None, code: str | None, **fields) -> InvalidRequestError:
     with pytest.raises(InvalidRequestError) as info:
         plan(**fields)
     assert (info.value.param, info.value.code) == (param, code), info.value.message
@@ -109,14 +109,14 @@ def test_dalle3_rules():
     job = plan(model="dall-e-3", quality="hd", style="vivid")
     assert job.api_style == "dall-e-3" and job.quality == "high" and job.response_format == "url"
     assert plan(model="dall-e-3", size="1792x1024").size == ImageSize(1792, 1024)
-    rejects("n", "invalid_value", model="dall-e-3", n=2)
+    assert rejects(None, None, model="dall-e-3", n=2).message == "You must provide n=1 for this model."
     rejects("size", "invalid_value", model="dall-e-3", size="1536x1024")
     rejects("quality", "invalid_value", model="dall-e-3", quality="low")
 
 
 def test_dalle2_rules():
     job = plan(model="dall-e-2", response_format="b64_json", n=3)
-    assert job.size == ImageSize(256, 256) and job.response_format == "b64_json" and job.plan.n == 3
+    assert job.size == ImageSize(1024, 1024) and job.response_format == "b64_json" and job.plan.n == 3
     rejects("size", "invalid_value", model="dall-e-2", size="1792x1024")
     rejects("style", "unknown_parameter", model="dall-e-2", style="vivid")
     rejects("prompt", "string_above_max_length", model="dall-e-2", prompt="x" * 1001)
@@ -126,7 +126,7 @@ def test_dalle2_rules():
     ("param", "value"), [("response_format", "url"), ("response_format", "b64_json"), ("style", "vivid")]
 )
 def test_dalle_only_params_rejected_for_gpt_image(param, value):
-    err = rejects(param, "unknown_parameter", **{param: value})
+    err = rejects(param, "unknown_parameter", model="gpt-image-1", **{param: value})
     assert err.message == f"Unknown parameter: '{param}'."
 
 
@@ -196,3 +196,11 @@ def test_safety_identifier_falls_back_to_user():
 def test_image_tokens_are_16px_patches():
     assert image_tokens(ImageSize(1024, 1024)) == 4096
     assert image_tokens(ImageSize(1536, 1024)) == 6144
+
+
+def test_a_request_naming_no_model_may_send_response_format():
+    # The API's default model used to be dall-e-2; code of that time sends only prompt and response_format.
+    assert plan(model=None, response_format="b64_json").response_format == "b64_json"
+    assert plan(model=None, response_format="url").response_format == "url"
+    assert plan(model=None).response_format == "b64_json"
+    rejects("response_format", "unknown_parameter", model="gpt-image-1", response_format="b64_json")

@@ -81,9 +81,26 @@ def test_prompt_reported_before_n_and_enums():
     assert err.param == "n"
 
 
-def test_literal_error_lists_supported_values():
+def test_literal_error_lists_supported_values_as_openai_does():
     err = error_for({"prompt": "x", "output_format": "gif"})
-    assert err.message == "Invalid value: 'gif'. Supported values are: 'png', 'jpeg' or 'webp'."
+    assert err.message == "Invalid value: 'gif'. Supported values are: 'png', 'jpeg', and 'webp'."
+    err = error_for({"prompt": "x", "moderation": "high"})
+    assert err.message == "Invalid value: 'high'. Supported values are: 'low' and 'auto'."
+
+
+@pytest.mark.parametrize(("text", "code"), [("11", "integer_above_max_value"), ("0", "integer_below_min_value")])
+def test_numbers_sent_as_text_keep_their_integer_codes(text: str, code: str):
+    # Multipart forms carry every number as text; "11" is still an integer above n's maximum.
+    error = {"type": "less_than_equal" if text == "11" else "greater_than_equal", "loc": ("body", "n"),
+             "input": text, "ctx": {"le": 10} if text == "11" else {"ge": 1}, "msg": "bound"}  # fmt: skip
+    err = openai_validation_error([error])
+    assert (err.param, err.code) == ("n", code)
+
+
+def test_unparseable_json_names_no_parameter():
+    error = {"type": "json_invalid", "loc": ("body", 15), "input": {}, "ctx": {"error": "EOF"}, "msg": "JSON"}
+    err = openai_validation_error([error])
+    assert (err.param, err.code) == (None, "invalid_json")
 
 
 def test_null_means_not_given():
