@@ -249,7 +249,7 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
     if text is None or text == "auto":
         return spec.default_size
     size = ImageSize.parse(text)
-    if size is None:
+    if size is None or size.width == 0 or size.height == 0:
         raise InvalidRequestError(
             f"Invalid size '{text}'. Expected WIDTHxHEIGHT, for example '1536x1024', or one of "
             f"{quoted_list([*GPT_IMAGE_SIZES, 'auto'])}.",
@@ -260,7 +260,7 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
         raise InvalidRequestError(
             f"Invalid size '{text}'. Width and height must both be divisible by 16.", param="size", code="invalid_value"
         )
-    if size.width == 0 or size.height == 0 or max(size.width, size.height) > MAX_ASPECT * min(size.width, size.height):
+    if max(size.width, size.height) > MAX_ASPECT * min(size.width, size.height):
         raise InvalidRequestError(
             f"Invalid size '{text}'. The aspect ratio must be between 1:3 and 3:1.", param="size", code="invalid_value"
         )

@@ -80,6 +80,8 @@ def test_sizes_accepted(size, expected):
         ("128x128", "supports sides"),
         ("2048x2048", "supports sides"),  # over max_pixels
         ("1024x1024 ", "Expected WIDTHxHEIGHT"),
+        ("0x0", "Expected WIDTHxHEIGHT"),
+        ("1024x0", "Expected WIDTHxHEIGHT"),
     ],
 )
 def test_sizes_rejected(size, fragment):
