@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -90,7 +91,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 ROW_FIELDS = (
     "model", "family", "size", "steps", "plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http",
     "http_overhead", "steps_per_s", "flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
-    "peak_mem_engine_gb", "load_s", "cold_start_s", "ready_s", "optimizations", "concurrency", "ablations", "samples",
+    "peak_mem_engine_gb", "load_s", "load_phases", "cold_start_s", "ready_s", "cold_start_phases", "optimizations",
+    "concurrency", "ablations", "samples",
 )  # fmt: skip
 CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
 
@@ -223,6 +225,7 @@ def bench_model(
         mfu_engine=mfu(flops, engine_s, peak),
         peak_mem_engine_gb=engine["peak_mem_gb"],
         load_s=engine["load_s"],
+        load_phases=engine["load_phases"],
         optimizations=engine["optimizations"],
     )
     row["samples"]["engine"] = engine["times"]
@@ -238,6 +241,7 @@ def bench_model(
             mfu_http=mfu(flops, http_s, peak),
             cold_start_s=http["cold_start_s"],
             ready_s=http["ready_s"],
+            cold_start_phases=http["cold_start_phases"],
             concurrency=http["concurrency"],
         )
         row["samples"]["http"] = http["times"]
@@ -381,6 +385,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
             loop.run_until_complete(engine.generate(plan))
 
         times, peak = timed(once, args, device, reset_peak=False)
+        assert backend.optimizations is not None
         described = backend.optimizations.describe()
     finally:
         engine.close()
@@ -388,7 +393,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     release_memory(device)
     print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
     return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
-            "optimizations": described}  # fmt: skip
+            "load_phases": dict(backend.load_phases), "optimizations": described}  # fmt: skip
 
 
 # --- stage 3: HTTP ----------------------------------------------------------------------------------------
@@ -422,6 +427,9 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
             ready_s = wait_healthy(f"http://127.0.0.1:{port}/health", server, httpx, log_path)
             request()
             cold_start_s = time.perf_counter() - started
+            # Where the cold start went: the server's load phases, and the rest (imports, server, first request).
+            phases = load_phases(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text, case.name)
+            phases["other"] = cold_start_s - phases.get("total", 0.0)
             times, _ = timed(lambda seed: request(), args, device, reset_peak=False, measure_memory=False)
             concurrency = run_concurrency(request, args)
         finally:
@@ -433,7 +441,17 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
     print(f"  localimg HTTP: {statistics.median(times):.3f} s; cold start {cold_start_s:.1f} s; "
           f"{concurrency['images_per_s']:.2f} images/s with {concurrency['clients']} clients", flush=True)  # fmt: skip
     return {"median": statistics.median(times), "times": times, "ready_s": ready_s, "cold_start_s": cold_start_s,
-            "concurrency": concurrency}  # fmt: skip
+            "cold_start_phases": phases, "concurrency": concurrency}  # fmt: skip
+
+
+def load_phases(metrics_text: str, model: str) -> dict[str, float]:
+    """`localimg_model_load_seconds{model=..., phase=...}` from a Prometheus text page, as {phase: seconds}."""
+    pattern = re.compile(r'^localimg_model_load_seconds\{model="([^"]*)",phase="([^"]*)"\} (\S+)$')
+    return {
+        match[2]: float(match[3])
+        for line in metrics_text.splitlines()
+        if (match := pattern.match(line)) and match[1] == model
+    }
 
 
 def run_concurrency(request: Callable[[], float], args: argparse.Namespace) -> dict[str, Any]:

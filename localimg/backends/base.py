@@ -7,7 +7,7 @@ wire format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -116,6 +116,13 @@ class SizedBackend(Protocol):
     def memory_bytes(self) -> int:
         """Bytes of weights the loaded model keeps on its device (0 when not loaded)."""
         ...
+
+
+@runtime_checkable
+class PhasedLoadBackend(Protocol):
+    """A backend that can tell where the time of its last load went (for the operator's metrics)."""
+
+    load_phases: Mapping[str, float]  # phase -> seconds, in order; empty before the first load
 
 
 class BackendFactory(Protocol):

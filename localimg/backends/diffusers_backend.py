@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ class DiffusersBackend:
         self.dtype = choose_dtype(device.kind, spec.family, cuda_capability(device), spec.dtype.get(device.kind))
         self._pipe: DiffusionPipeline | None = None
         self.optimizations: OptimizationPlan | None = None  # what optimize_pipeline applied, once loaded
+        self.load_phases: dict[str, float] = {}  # seconds per phase of the last load (read, to_device, ...)
         # Edit pipelines built from `_pipe` with `from_pipe`: they share its components, so cost no weights.
         self._derived: dict[type[DiffusionPipeline], DiffusionPipeline] = {}
         self._tiled = False
@@ -56,7 +58,9 @@ class DiffusersBackend:
         """Load the weights onto the device (a no-op when loaded). Raises ModelUnavailableError."""
         if self._pipe is not None:
             return
+        clock = _PhaseClock()
         pipe = load_pipeline(self.spec, self.adapter.pipeline_class, torch_dtype(self.dtype))
+        clock.lap("read")
         try:
             pipe.to(torch_device(self.device))
         except torch.cuda.OutOfMemoryError as exc:
@@ -68,12 +72,19 @@ class DiffusersBackend:
             ) from exc
         if self.device.kind != "cpu":
             release_memory(self.device)  # the host copy the weights were loaded into
+        clock.lap("to_device")
         self.adapter.prepare(pipe, self.dtype)
         pipe.set_progress_bar_config(disable=True)
         self.optimizations = optimize_pipeline(pipe, self.spec, self.device, self.dtype)
         self._pipe = pipe
+        clock.lap("optimize")
         warm_up(self.generate, self.spec, self.optimizations)
-        logger.info("model %s ready on %s (%s, %s)", self.spec.name, self.device.name, self.device.kind, self.dtype)
+        clock.lap("warm_up")
+        self.load_phases = clock.phases
+        logger.info(
+            "model %s ready on %s (%s, %s) in %.1f s: %s", self.spec.name, self.device.name, self.device.kind,
+            self.dtype, sum(clock.phases.values()), ", ".join(f"{k} {v:.1f} s" for k, v in clock.phases.items()),
+        )  # fmt: skip
 
     def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run plans sharing one `batch_key` in pipeline calls of at most `spec.max_batch` images, halving the
@@ -203,6 +214,19 @@ class DiffusersBackend:
         if self._pipe is None:
             raise ModelUnavailableError(f"model {self.spec.name!r} is not loaded", code="model_not_loaded")
         return self._pipe
+
+
+class _PhaseClock:
+    """Seconds spent in consecutive phases."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = now - self._last
+        self._last = now
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

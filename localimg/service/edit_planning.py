@@ -45,7 +45,6 @@ from localimg.service.planning import (
     build_plan,
     check_prompt,
     check_response_format,
-    check_response_format,
     draw_seeds,
     image_tokens,
     resolve_model,

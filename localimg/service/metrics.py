@@ -53,6 +53,13 @@ class EngineMetrics:
             "localimg_batch_jobs", "Jobs merged per backend call.", buckets=BATCH_BUCKETS, registry=r
         )
         self.resident = Gauge("localimg_models_resident", "Models loaded on the device.", registry=r)
+        self.load_seconds = Gauge(
+            "localimg_model_load_seconds",
+            "Seconds the model's last load took: phase total, and per phase where the backend tells (read from "
+            "disk, to_device, optimize, warm_up).",
+            ["model", "phase"],
+            registry=r,
+        )
         self.evictions = Counter(
             "localimg_model_evictions", "Models unloaded to fit the memory budget.", ["model"], registry=r
         )

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from localimg.backends.base import SizedBackend
+from localimg.backends.base import PhasedLoadBackend, SizedBackend
 from localimg.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -54,7 +54,12 @@ class ModelResidency:
         self._known_size[name] = size
         self._resident[name] = size
         self._metrics.resident.set(len(self._resident))
-        log.info("model %s loaded in %.1f s (%.2f GB)", name, time.perf_counter() - started, size / 1e9)
+        seconds = time.perf_counter() - started
+        self._metrics.load_seconds.labels(name, "total").set(seconds)
+        if isinstance(backend, PhasedLoadBackend):
+            for phase, phase_seconds in backend.load_phases.items():
+                self._metrics.load_seconds.labels(name, phase).set(phase_seconds)
+        log.info("model %s loaded in %.1f s (%.2f GB)", name, seconds, size / 1e9)
         self._make_room(0, keep=name)
         return backend
 

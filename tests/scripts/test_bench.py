@@ -41,6 +41,11 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
                     "peak_mem_engine_gb"):  # fmt: skip
             assert row[key] is None, key
         assert row["cold_start_s"] > row["ready_s"]
+        phases = ("read", "to_device", "optimize", "warm_up")
+        assert list(row["load_phases"]) == list(phases) and all(v >= 0 for v in row["load_phases"].values())
+        cold = row["cold_start_phases"]
+        assert set(cold) == {*phases, "total", "other"} and cold["other"] > 0
+        assert sum(cold[p] for p in phases) == pytest.approx(cold["total"], abs=0.05)
         assert set(row["concurrency"]) == set(bench.CONCURRENCY_FIELDS)
         assert row["concurrency"]["images_per_s"] > 0
         assert row["concurrency"]["p99_s"] >= row["concurrency"]["p50_s"] > 0
@@ -50,6 +55,16 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
         assert variants == expected
         for ablation in row["ablations"]:
             assert ablation["engine_s"] > 0 and ablation["ratio"] > 0
+
+
+def test_load_phases_are_read_from_the_metrics_page():
+    page = "\n".join([
+        "# TYPE localimg_model_load_seconds gauge",
+        'localimg_model_load_seconds{model="a",phase="total"} 12.5',
+        'localimg_model_load_seconds{model="a",phase="read"} 8.25',
+        'localimg_model_load_seconds{model="b",phase="total"} 3.0',
+    ])  # fmt: skip
+    assert bench.load_phases(page, "a") == {"total": 12.5, "read": 8.25}
 
 
 def test_percentile():
