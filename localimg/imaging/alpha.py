@@ -88,6 +88,23 @@ class KeyColourMatting:
         return Image.fromarray(np.rint(np.dstack([colour, alpha8])).astype(np.uint8))
 
 
+WHITE: RGB = (255, 255, 255)
+
+
+def flatten(image: Image.Image, background: RGB = WHITE) -> Image.Image:
+    """RGB for a model that sees no alpha: transparent and partly transparent pixels composited on `background`."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    canvas = Image.new("RGB", image.size, background)
+    canvas.paste(image, mask=image.getchannel("A"))
+    return canvas
+
+
+def is_cutout(image: Image.Image) -> bool:
+    """Whether `image` has fully transparent pixels: a subject cut out of its background (a logo, a sticker)."""
+    return image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 0
+
+
 def key_canvas(size: tuple[int, int], key: RGB = GREEN) -> Image.Image:
     """A flat RGB canvas of the key colour, the starting image for a transparent generation."""
     return Image.new("RGB", size, key)

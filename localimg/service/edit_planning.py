@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 
 from localimg.backends.base import EditInputs, GenerationPlan
 from localimg.errors import InvalidRequestError
+from localimg.imaging.alpha import flatten, is_cutout
 from localimg.imaging.masks import edit_region_from_alpha, edit_region_from_mask, resize_region
 from localimg.registry import ImageSize, ModelSpec
 from localimg.service.planning import (
@@ -62,8 +63,6 @@ if TYPE_CHECKING:
 MAX_INPUT_IMAGES = 16  # OpenAI's limit for gpt-image edits
 STRENGTH = {("low", False): 0.75, ("high", False): 0.45, ("low", True): 1.0, ("high", True): 0.85}
 VARIATION_STRENGTH = 0.7
-# Flattening colour for input pixels that are partly transparent: the model sees RGB only.
-FLATTEN_ON = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -111,12 +110,15 @@ def plan_edit(
     size = size_for_input(first.size, spec) if request.size in (None, "auto") and style == "gpt-image" else None
     size = size or resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
-    output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
+    cutout = style == "gpt-image" and is_cutout(first)
+    output = resolve_output(
+        request.output_format, request.output_compression, request.background, request.prompt, cutout=cutout
+    )
     strength = request.strength or STRENGTH[(request.input_fidelity or "low", region is not None)]
     original = _at_size(first, size)
     region_at_size = None if region is None else resize_region(region, (size.width, size.height))
     edit = EditInputs(
-        images=(_flatten(original), *(_flatten(item.image) for item in images[1:])),
+        images=(flatten(original), *(flatten(item.image) for item in images[1:])),
         mask=region_at_size,
         strength=strength,
     )
@@ -131,6 +133,7 @@ def plan_edit(
         response_format=resolve_response_format(request.response_format, style),
         safety_identifier=request.safety_identifier or request.user or None,
         keep=None if region_at_size is None else KeepRegion(original=original, region=region_at_size),
+        cutout=original if cutout else None,
         input_image_tokens=sum(image_tokens(ImageSize(*item.image.size)) for item in images),
         stream=stream,
     )
@@ -145,7 +148,7 @@ def plan_variation(
     size = resolve_size(request.size, "dall-e-2", spec)
     quality = spec.auto_quality
     preset = spec.quality[quality]
-    square = ImageOps.fit(_flatten(image.image), (size.width, size.height), Image.Resampling.LANCZOS)
+    square = ImageOps.fit(flatten(image.image), (size.width, size.height), Image.Resampling.LANCZOS)
     plan = GenerationPlan(
         model=spec.name,
         prompt="",
@@ -210,11 +213,3 @@ def _at_size(image: Image.Image, size: ImageSize) -> Image.Image:
     if image.size == (size.width, size.height):
         return image
     return image.resize((size.width, size.height), Image.Resampling.LANCZOS)
-
-
-def _flatten(image: Image.Image) -> Image.Image:
-    if image.mode != "RGBA":
-        return image.convert("RGB")
-    canvas = Image.new("RGB", image.size, FLATTEN_ON)
-    canvas.paste(image, mask=image.getchannel("A"))
-    return canvas

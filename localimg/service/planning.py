@@ -87,6 +87,7 @@ class ImageJob:
     response_format: ResponseFormat
     safety_identifier: str | None
     keep: KeepRegion | None = None  # masked edits only
+    cutout: Image.Image | None = None  # edits: the first input at the output size, RGBA, when it is a cut-out
     input_image_tokens: int = 0  # edits: the input images, counted like output images
     stream: StreamOptions | None = None  # None: answer with one JSON response
 
@@ -305,10 +306,16 @@ def resolve_quality(text: str | None, style: ApiStyle, spec: ModelSpec) -> str:
 
 
 def resolve_output(
-    output_format: OutputFormat | None, compression: int | None, background: str | None, prompt: str = ""
+    output_format: OutputFormat | None,
+    compression: int | None,
+    background: str | None,
+    prompt: str = "",
+    *,
+    cutout: bool = False,
 ) -> OutputOptions:
-    """Format, compression and background. `background="auto"` is transparent only when the prompt asks for it
-    (imaging.alpha.asks_for_transparency) and the format can carry alpha; otherwise opaque."""
+    """Format, compression and background. `background="auto"` is transparent when the format can carry alpha
+    and the prompt asks for it (imaging.alpha.asks_for_transparency) or the edited image is a cut-out (`cutout`:
+    it has fully transparent pixels, and an edited logo or sticker stays one); otherwise opaque."""
     fmt: OutputFormat = output_format or "png"
     if fmt == "png" and compression is not None and compression < 100:
         raise InvalidRequestError(
@@ -323,7 +330,7 @@ def resolve_output(
             code="invalid_value",
         )
     transparent = background == "transparent" or (
-        background == "auto" and fmt != "jpeg" and asks_for_transparency(prompt)
+        background == "auto" and fmt != "jpeg" and (cutout or asks_for_transparency(prompt))
     )
     return OutputOptions(
         format=fmt,

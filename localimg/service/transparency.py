@@ -7,8 +7,9 @@ Two ways, chosen by the matting the server was built with (backends/matting.py `
 - **The built-in key-colour method** (no extra weights): a generation is run as an inpainting of a subject region
   (a centred ellipse) on a flat key-colour canvas, with the prompt asking for that flat background; everything
   outside the region stays exactly the key colour, and chroma-keying with soft edges and colour decontamination
-  (imaging/alpha.py) turns the key colour into transparency. Edits keep their inputs, so only the prompt changes:
-  a background the model paints in the key colour is keyed out, and input pixels outside the mask keep their alpha.
+  (imaging/alpha.py) turns the key colour into transparency. Edits keep their inputs, so the prompt changes, and a
+  cut-out's transparent parts are flattened onto the key colour instead of white: a background the model keeps or
+  paints in the key colour is keyed out, and input pixels outside a mask keep their alpha.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageChops
 
 from localimg.backends.base import EditInputs
-from localimg.imaging.alpha import KeyColourMatting, Matting, key_canvas, subject_region, transparency_prompt
+from localimg.imaging.alpha import (
+    KeyColourMatting,
+    Matting,
+    flatten,
+    key_canvas,
+    subject_region,
+    transparency_prompt,
+)
 from localimg.service.planning import KeepRegion
 
 if TYPE_CHECKING:
@@ -41,6 +49,11 @@ class TransparencyStage:
         assert isinstance(self.matting, KeyColourMatting)
         plan = dataclasses.replace(job.plan, prompt=transparency_prompt(job.plan.prompt))
         if plan.edit is not None:
+            if job.cutout is not None:
+                # The cut-out's transparent parts start as the key colour, which the model keeps and the keying
+                # removes again (flattened on white, they would come back an opaque white).
+                images = (flatten(job.cutout, self.matting.key), *plan.edit.images[1:])
+                plan = dataclasses.replace(plan, edit=dataclasses.replace(plan.edit, images=images))
             return dataclasses.replace(job, plan=plan)
         size = (plan.width, plan.height)
         canvas = key_canvas(size, self.matting.key)

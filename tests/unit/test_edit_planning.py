@@ -145,3 +145,37 @@ def test_variation_is_square_image_to_image():
     assert job.api_style == "dall-e-2" and job.response_format == "url"
     assert job.plan.seeds == (7, 8) and job.plan.prompt == ""
     assert job.plan.edit.images[0].size == (512, 512)
+
+
+def cutout_logo(width: int = 512, height: int = 512) -> InputImage:
+    """A red disc on a fully transparent background, like a logo or a sticker."""
+    logo = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    logo.paste((220, 30, 30, 255), (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return InputImage("image", logo)
+
+
+def test_a_cutout_stays_one_with_background_auto():
+    job = edit(images=[cutout_logo()], background="auto")
+    assert job.output.background == "transparent" and job.cutout is not None
+    assert job.cutout.mode == "RGBA" and job.cutout.size == (512, 512)
+    assert job.plan.edit.mask is None  # GPT models edit the whole image
+    assert edit(images=[cutout_logo()], background="auto", output_format="jpeg").output.background == "opaque"
+    assert edit(images=[cutout_logo()]).output.background == "opaque"  # not asked: the documented default
+    opaque_rgba = InputImage("image", Image.new("RGBA", (512, 512), (1, 2, 3, 255)))
+    assert edit(images=[opaque_rgba], background="auto").output.background == "opaque"
+    assert edit(images=[opaque_rgba], background="transparent").cutout is None
+
+
+def test_transparency_stage_starts_a_cutout_edit_on_the_key_colour():
+    from localimg.imaging.alpha import GREEN, KeyColourMatting
+    from localimg.service.transparency import TransparencyStage
+
+    job = TransparencyStage(KeyColourMatting()).prepare(edit(images=[cutout_logo()], background="transparent"))
+    start = job.plan.edit.images[0]
+    assert start.mode == "RGB"
+    assert start.getpixel((5, 5)) == GREEN and start.getpixel((256, 256)) == (220, 30, 30)
+    assert "green" in job.plan.prompt
+    # A model that keeps the background as it got it: the finished image is transparent exactly there.
+    finished = TransparencyStage(KeyColourMatting()).finish(job, start)
+    alpha = finished.getchannel("A")
+    assert finished.mode == "RGBA" and alpha.getpixel((5, 5)) == 0 and alpha.getpixel((256, 256)) == 255
