@@ -12,7 +12,9 @@ from localimg.imaging import png
 ImageFormat = Literal["png", "jpeg", "webp"]
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
-_WEBP_METHOD = 4  # libwebp's speed/size trade-off (0 fastest, 6 smallest); 4 is its default
+# libwebp's effort (0 fastest, 6 smallest; Pillow's default is 4). Measured at 1024x1024, quality 80, on four
+# photographs and drawings: method 2 encodes in 25-70 ms against 56-141 ms for 4, for 3-7 % more bytes.
+_WEBP_METHOD = 2
 
 
 def encode_image(image: Image.Image, fmt: ImageFormat, compression: int = 100) -> bytes:
