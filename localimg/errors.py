@@ -93,6 +93,11 @@ class HTTPStatusError(LocalImgError):
         self.status = status
 
 
+# The code of a ModelUnavailableError for a model that does not fit in the device's memory: the one load failure
+# that freeing other models can cure.
+OUT_OF_MEMORY = "model_out_of_memory"
+
+
 class ModelUnavailableError(LocalImgError):
     """The model is declared but cannot be served (weights missing, failed to load)."""
 

@@ -43,6 +43,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
     app.state.settings = settings
     app.state.service = service
     app.state.ready = False
+    app.state.preloaded = []
     install_error_handlers(app)
     for router in (images.router, edits.router, models.router):
         app.include_router(router, prefix="/v1")
@@ -68,6 +69,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
 
 
 async def _preload(app: FastAPI, service: ImageService, names: list[str]) -> None:
+    app.state.preloaded = names
     await service.engine.preload(names)
     sizes = app.state.settings.warmup_sizes
     if sizes:

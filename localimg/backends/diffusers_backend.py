@@ -17,7 +17,7 @@ from localimg.backends.loading import load_pipeline
 from localimg.backends.optimizations import optimize_pipeline, warm_up
 from localimg.backends.previews import DenoisingTap, decode_preview
 from localimg.backends.step_cache import step_cache_scope
-from localimg.errors import GenerationError, ModelUnavailableError
+from localimg.errors import OUT_OF_MEMORY, GenerationError, ModelUnavailableError
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -68,7 +68,7 @@ class DiffusersBackend:
             release_memory(self.device)
             raise ModelUnavailableError(
                 f"model {self.spec.name!r} does not fit in the memory of {self.device.name} in {self.dtype}",
-                code="model_load_failed",
+                code=OUT_OF_MEMORY,
             ) from exc
         if self.device.kind != "cpu":
             release_memory(self.device)  # the host copy the weights were loaded into

@@ -14,6 +14,7 @@ timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -109,13 +110,11 @@ class Engine:
         return self._residency.load_error(model)
 
     async def preload(self, models: list[str]) -> None:
-        """Load `models` on the worker, one after another. A model that fails is logged and remembered;
-        requests for it get the same clear error later, and the others still load."""
+        """Load `models` on the worker, one after another. A model that fails is logged and remembered
+        (`load_error`); requests for it get a clear error, and the others still load."""
         for name in models:
-            try:
+            with contextlib.suppress(ModelUnavailableError):
                 await asyncio.wrap_future(self._on_worker(lambda name=name: self._residency.acquire(name)))
-            except ModelUnavailableError as exc:
-                log.error("model %s is unavailable: %s", name, exc.message)
 
     async def generate(
         self,

@@ -7,16 +7,41 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localimg.backends.base import PhasedLoadBackend, SizedBackend
-from localimg.errors import ModelUnavailableError
+from localimg.errors import OUT_OF_MEMORY, ModelUnavailableError
 
 if TYPE_CHECKING:
     from localimg.backends.base import ImageBackend
     from localimg.service.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
+
+# After a failed load, requests for the model get the same error for this long instead of each reading its weights
+# again (a client could otherwise keep the server busy reloading a broken model); then a request tries again.
+RELOAD_BACKOFF_S = 30.0
+# What a client is told; the operator's log and `load_error` hold the details (paths, the cause, what to do).
+_CLIENT_REASONS = {
+    "model_weights_missing": "its weights are not on the server's disk",
+    "model_weights_pickled": "its weights are pickled files, which the server refuses to load",
+    "model_out_of_memory": "it does not fit in the device's memory",
+}
+
+
+@dataclass(frozen=True)
+class _LoadFailure:
+    detail: str
+    code: str | None
+    at: float
+
+    def error(self, name: str) -> ModelUnavailableError:
+        reason = _CLIENT_REASONS.get(self.code or "", "its weights failed to load")
+        return ModelUnavailableError(
+            f"The model '{name}' is not available on this server: {reason}. The server's log says why.",
+            code=self.code,
+        )
 
 
 class ModelResidency:
@@ -28,28 +53,36 @@ class ModelResidency:
         self._metrics = metrics
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self._known_size: dict[str, int] = {}
-        self._errors: dict[str, str] = {}
+        self._failures: dict[str, _LoadFailure] = {}
 
     def is_loaded(self, name: str) -> bool:
         return name in self._resident
 
     def load_error(self, name: str) -> str | None:
-        return self._errors.get(name)
+        """Why the model's last load failed (for the operator), or None."""
+        failure = self._failures.get(name)
+        return None if failure is None else failure.detail
 
     def acquire(self, name: str) -> ImageBackend:
-        """The model's backend, loaded; marks it most recently used."""
+        """The model's backend, loaded; marks it most recently used. Raises ModelUnavailableError with a message
+        for the client (the details are logged)."""
         backend = self._backends[name]
         if name in self._resident:
             self._resident.move_to_end(name)
             return backend
+        failure = self._failures.get(name)
+        if failure is not None and time.monotonic() - failure.at < RELOAD_BACKOFF_S:
+            raise failure.error(name)
         self._make_room(self._known_size.get(name, 0), keep=name)
         started = time.perf_counter()
         try:
             self._load(name, backend)
         except ModelUnavailableError as exc:
-            self._errors[name] = exc.message
-            raise
-        self._errors.pop(name, None)
+            failure = _LoadFailure(exc.message, exc.code, time.monotonic())
+            self._failures[name] = failure
+            log.error("model %s is unavailable: %s", name, exc.message)
+            raise failure.error(name) from exc
+        self._failures.pop(name, None)
         size = backend.memory_bytes() if isinstance(backend, SizedBackend) else 0
         self._known_size[name] = size
         self._resident[name] = size
@@ -70,14 +103,14 @@ class ModelResidency:
     def _load(self, name: str, backend: ImageBackend) -> None:
         try:
             backend.load()
-        except ModelUnavailableError:
-            # The budget is an estimate; when a load fails while other models are resident, free them and
-            # try once more before giving up (a CUDA OOM on load is reported as model_load_failed).
+        except ModelUnavailableError as exc:
+            # The budget is an estimate: when a model does not fit next to the resident ones, free them and try
+            # once more. Any other failure (missing or broken weights) leaves the others alone.
             others = [other for other in self._resident if other != name]
-            if not others:
+            if exc.code != OUT_OF_MEMORY or not others:
                 raise
             log.warning(
-                "loading %s failed with %d other model(s) resident; unloading them and retrying", name, len(others)
+                "model %s does not fit next to %d other model(s); unloading them and retrying", name, len(others)
             )
             for other in others:
                 self._unload(other, evicted=True)

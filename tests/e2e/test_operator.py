@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from tests.e2e.conftest import ServerProcess
+from tests.e2e.ready import wait_until_ok
 
 
 def localimg(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,22 +42,45 @@ def test_broken_config_is_one_clear_line(tmp_path: Path):
         assert "Traceback" not in result.stderr
 
 
-def test_missing_weights_answer_a_clear_error(tiny_models_toml: Path, tmp_path: Path):
+def with_absent_model(tiny_models_toml: Path, tmp_path: Path) -> Path:
+    """The tiny models plus `absent`, whose weights folder does not exist."""
     config = tmp_path / "models.toml"
     config.write_text(
         tiny_models_toml.read_text().replace('path = "tiny-', f'path = "{tiny_models_toml.parent}/tiny-')
         + f'\n[models.absent]\nfamily = "sd15"\nsource = {{ path = "{tmp_path}/nothing-here" }}\n'
     )
-    server = ServerProcess(config, "--preload", "default")
+    return config
+
+
+def test_missing_weights_answer_a_clear_error(tiny_models_toml: Path, tmp_path: Path):
+    server = ServerProcess(with_absent_model(tiny_models_toml, tmp_path), "--preload", "default")
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
             client.images.generate(model="absent", prompt="x", size="256x256")
         assert info.value.status_code == 503
-        assert "nothing-here" in info.value.message and info.value.code == "model_weights_missing"
+        assert info.value.code == "model_weights_missing"
+        assert "'absent' is not available" in info.value.message and str(tmp_path) not in info.value.message
         assert info.value.response.headers["x-should-retry"] == "false"
         # The server keeps serving the models it has.
+        assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
+    finally:
+        server.stop()
+
+
+def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: Path, tmp_path: Path):
+    # A load balancer must not send traffic to a server that cannot serve what it was told to.
+    server = ServerProcess(with_absent_model(tiny_models_toml, tmp_path), "--preload", "default,absent")
+    try:
+        wait_until_ok(f"{server.root}/health", timeout_s=120)
+        deadline = time.monotonic() + 120
+        while (ready := httpx.get(f"{server.root}/ready")).json()["status"] == "loading":
+            assert time.monotonic() < deadline, "the preload never finished"
+            time.sleep(0.1)
+        assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "models": ["absent"]}
+        assert "nothing-here" in server.log()  # the operator's log says why
+        client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0)
         assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
     finally:
         server.stop()

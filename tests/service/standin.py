@@ -26,6 +26,7 @@ class StandInBackend:
     size_bytes: int = 1
     steps: int = 3
     fail_with: Exception | None = None
+    load_fails_with: Exception | None = None  # raised by every load while set
     # When set, the first call pauses after its first step until `release` is set (the test acts meanwhile).
     hold: bool = False
     calls: list[list[GenerationPlan]] = field(default_factory=list)
@@ -40,6 +41,8 @@ class StandInBackend:
 
     def load(self) -> None:
         self.loads += 1
+        if self.load_fails_with is not None:
+            raise self.load_fails_with
         self.loaded = True
 
     def unload(self) -> None:

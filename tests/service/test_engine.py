@@ -10,7 +10,14 @@ from contextlib import ExitStack
 import pytest
 
 from localimg.backends.base import StepProgress
-from localimg.errors import GenerationError, OverloadedError, RequestTimeoutError, ServerBusyError
+from localimg.errors import (
+    OUT_OF_MEMORY,
+    GenerationError,
+    ModelUnavailableError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServerBusyError,
+)
 from localimg.service.engine import Engine, EngineConfig
 from localimg.service.scheduler import GenerationResult
 from tests.service.standin import StandInBackend, colour, plan
@@ -301,3 +308,59 @@ def test_least_recently_used_model_is_unloaded_to_fit_the_budget():
     finally:
         engine.close()
     assert engine.metrics.registry.get_sample_value("localimg_model_evictions_total", {"model": "b"}) == 1
+
+
+def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reloaded_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    good = StandInBackend("good")
+    broken = StandInBackend("broken")
+    broken.load_fails_with = ModelUnavailableError(
+        "model 'broken': /srv/weights/broken holds no weight files", code="model_weights_missing"
+    )
+    engine = engine_for(good, broken)
+
+    async def test() -> None:
+        await engine.preload(["good", "broken"])
+        assert engine.is_loaded("good") and not engine.is_loaded("broken")
+        assert "/srv/weights/broken" in (engine.load_error("broken") or "")  # for the operator
+        for _ in range(3):
+            with pytest.raises(ModelUnavailableError) as info:
+                await engine.generate(plan(1, model="broken"))
+            # The client learns what is wrong, not the server's paths.
+            assert info.value.code == "model_weights_missing" and "/srv" not in info.value.message
+            assert "'broken' is not available" in info.value.message
+        assert broken.loads == 1 and engine.is_loaded("good") and good.loaded
+        monkeypatch.setattr("localimg.service.residency.RELOAD_BACKOFF_S", 0.0)  # the back-off has passed
+        broken.load_fails_with = None  # the operator put the weights in place
+        assert pixel(await engine.generate(plan(5, model="broken"))) == colour(5)
+        assert broken.loads == 2 and engine.load_error("broken") is None and engine.is_loaded("good")
+
+    try:
+        run(test)
+    finally:
+        engine.close()
+
+
+def test_a_model_that_does_not_fit_frees_the_others_and_tries_again():
+    resident = StandInBackend("resident")
+    large = StandInBackend("large")
+    engine = engine_for(resident, large)
+    original = large.load
+
+    def load_once_others_are_gone() -> None:
+        if resident.loaded:
+            large.loads += 1
+            raise ModelUnavailableError("model 'large' does not fit", code=OUT_OF_MEMORY)
+        original()
+
+    large.load = load_once_others_are_gone  # type: ignore[method-assign]
+
+    async def test() -> None:
+        await engine.preload(["resident", "large"])
+        assert engine.is_loaded("large") and not engine.is_loaded("resident") and large.loads == 2
+
+    try:
+        run(test)
+    finally:
+        engine.close()
