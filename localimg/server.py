@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
@@ -27,6 +29,7 @@ log = logging.getLogger("localimg")
 # Of a CUDA device's memory, the share the resident models' weights may take by default; the rest is left for
 # activations, which grow with image size and batch.
 DEFAULT_CUDA_WEIGHT_SHARE = 0.75
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -80,11 +83,33 @@ def check_settings(settings: Settings) -> None:
             "--api-key/--api-keys-file (LOCALIMG_API_KEY/LOCALIMG_API_KEYS_FILE), or pass --insecure "
             "(LOCALIMG_INSECURE=1) to serve without keys"
         )
-    for flag, value in (("--max-queue", settings.max_queue), ("--max-batch", settings.max_batch)):
-        if value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
-    if settings.max_body_mb <= 0:
-        raise ValueError(f"--max-body-mb must be positive, got {settings.max_body_mb:g}")
+    at_least_one = {"--max-queue": settings.max_queue, "--max-batch": settings.max_batch}
+    for flag, count in at_least_one.items():
+        if count < 1:
+            raise ValueError(f"{flag} must be at least 1, got {count}")
+    if not 1 <= settings.port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {settings.port}")
+    positive = {
+        "--url-ttl": settings.url_ttl_s,
+        "--sse-keepalive": settings.sse_keepalive_s,
+        "--max-body-mb": settings.max_body_mb,
+        "--memory-budget-gb": settings.memory_budget_gb,
+        "--request-timeout": settings.request_timeout_s,  # 0 (none) arrives here as None
+    }
+    non_negative = {"--batch-window-ms": settings.batch_window_ms, "--drain-timeout": settings.drain_timeout_s}
+    for flag, value in (*positive.items(), *non_negative.items()):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and flag in positive):
+            kind = "a positive number" if flag in positive else "a number >= 0"
+            raise ValueError(f"{flag} must be {kind}, got {value:g}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
+    if settings.public_url is not None:
+        url = urlsplit(settings.public_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"--public-url must be an http(s) URL such as https://images.example.com, got "
+                             f"{settings.public_url!r}")  # fmt: skip
     parse_sizes(settings.warmup_sizes)
 
 
@@ -127,7 +152,7 @@ def run(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        log_level=settings.log_level.lower(),
         access_log=False,  # RequestIdMiddleware logs each request with its id
         timeout_graceful_shutdown=30,
     )

@@ -1,0 +1,53 @@
+"""`localimg serve` refuses unsafe or meaningless settings before anything loads, naming the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from localimg.config import Settings
+from localimg.server import check_settings
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"port": 70000}, "--port"),
+        ({"port": 0}, "--port"),
+        ({"url_ttl_s": 0}, "--url-ttl"),
+        ({"url_ttl_s": -5}, "--url-ttl"),
+        ({"sse_keepalive_s": 0.0}, "--sse-keepalive"),
+        ({"request_timeout_s": -1.0}, "--request-timeout"),
+        ({"request_timeout_s": float("nan")}, "--request-timeout"),
+        ({"memory_budget_gb": -2.0}, "--memory-budget-gb"),
+        ({"batch_window_ms": -1.0}, "--batch-window-ms"),
+        ({"drain_timeout_s": float("inf")}, "--drain-timeout"),
+        ({"max_body_mb": 0.0}, "--max-body-mb"),
+        ({"max_queue": 0}, "--max-queue"),
+        ({"max_batch": 0}, "--max-batch"),
+        ({"log_level": "verbose"}, "--log-level"),
+        ({"public_url": "not a url"}, "--public-url"),
+        ({"public_url": "ftp://images.example.com"}, "--public-url"),
+        ({"warmup_sizes": ("big",)}, "--warmup"),
+        ({"host": "0.0.0.0"}, "--host"),
+    ],
+)
+def test_bad_settings_name_their_flag(change: dict, flag: str):
+    with pytest.raises(ValueError) as info:
+        check_settings(dataclasses.replace(Settings(), **change))
+    assert str(info.value).startswith(flag) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"request_timeout_s": None, "batch_window_ms": 0.0, "drain_timeout_s": 0.0},
+        {"public_url": "https://images.example.com/base", "log_level": "WARNING", "port": 65535},
+        {"host": "0.0.0.0", "insecure": True},
+        {"host": "0.0.0.0", "api_key_hashes": ("0" * 64,)},
+    ],
+)
+def test_good_settings_pass(change: dict):
+    check_settings(dataclasses.replace(Settings(), **change))
