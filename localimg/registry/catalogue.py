@@ -265,6 +265,8 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
     if default_size is None:
         raise RegistryError(f"{ctx}: default_size = {size_text!r}; expected WIDTHxHEIGHT")
     limits = _parse_limits(table.get("limits", {}), defaults.limits, ctx)
+    if not limits.admits(default_size):
+        raise RegistryError(f"{ctx}: default_size = {size_text!r} is outside the model's limits ({_describe(limits)})")
     quality, auto_quality = _parse_quality(table.get("quality", {}), defaults.quality, ctx)
     dtype = typed_value(table, "dtype", dict, {}, ctx)
     for device, value in dtype.items():
@@ -286,6 +288,12 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
             f"{ctx}: max_input_images = {max_input_images} needs a variant that takes reference images "
             f"({', '.join(sorted(REFERENCE_VARIANTS))}); variant is {variant!r}"
         )
+    optimize = parse_optimize(table.get("optimize", {}), family, base_dir, ctx)
+    for size in optimize.warmup_sizes or ():
+        if not limits.admits(size):
+            raise RegistryError(
+                f"{ctx}: optimize.warmup_sizes: {size} is outside the model's limits ({_describe(limits)})"
+            )
     return ModelSpec(
         name=name,
         family=family,
@@ -302,7 +310,7 @@ def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec
         variant=variant,
         max_input_images=max_input_images,
         references_model=typed_value(table, "references_model", str, "", ctx) or None,
-        optimize=parse_optimize(table.get("optimize", {}), family, base_dir, ctx),
+        optimize=optimize,
     )
 
 
@@ -360,7 +368,17 @@ def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
     limits = replace(defaults, **value)
     if limits.min_side > limits.max_side:
         raise RegistryError(f"{ctx}: limits.min_side > limits.max_side")
+    smallest_side = -(-limits.min_side // limits.multiple_of) * limits.multiple_of
+    if smallest_side > limits.max_side or smallest_side**2 > limits.max_pixels:
+        raise RegistryError(f"{ctx}: no image size meets these limits ({_describe(limits)})")
     return limits
+
+
+def _describe(limits: SizeLimits) -> str:
+    return (
+        f"sides {limits.min_side}-{limits.max_side}, at most {limits.max_pixels} pixels, "
+        f"multiples of {limits.multiple_of}"
+    )
 
 
 def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) -> tuple[dict[str, QualityPreset], str]:
@@ -385,8 +403,11 @@ def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) 
             raise RegistryError(f"{ctx}: quality.{level}.steps must be an integer in 1..500")
         if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 0:
             raise RegistryError(f"{ctx}: quality.{level}.guidance must be a number >= 0")
-        if max_seq is not None and (not isinstance(max_seq, int) or max_seq < 1):
-            raise RegistryError(f"{ctx}: quality.{level}.max_sequence_length must be a positive integer")
+        if max_seq is not None and (
+            not isinstance(max_seq, int) or isinstance(max_seq, bool) or not 1 <= max_seq <= 512
+        ):
+            # 512 is T5's trained length in FLUX and SD3; the CLIP-only families do not use it.
+            raise RegistryError(f"{ctx}: quality.{level}.max_sequence_length must be an integer in 1..512")
         presets[level] = QualityPreset(steps=steps, guidance=float(guidance), max_sequence_length=max_seq)
     auto = value.get("auto", "medium")
     if auto not in QUALITY_LEVELS:

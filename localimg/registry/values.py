@@ -44,6 +44,17 @@ class SizeLimits:
     max_pixels: int = 2048 * 2048
     multiple_of: int = 16
 
+    def fits(self, size: ImageSize) -> bool:
+        """Whether the sides and pixel count of `size` are within the limits (divisibility aside)."""
+        sides = (size.width, size.height)
+        return self.min_side <= min(sides) and max(sides) <= self.max_side and size.pixels <= self.max_pixels
+
+    def divides(self, size: ImageSize) -> bool:
+        return size.width % self.multiple_of == 0 and size.height % self.multiple_of == 0
+
+    def admits(self, size: ImageSize) -> bool:
+        return self.fits(size) and self.divides(size)
+
 
 @dataclass(frozen=True)
 class QualityPreset:

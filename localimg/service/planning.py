@@ -271,19 +271,14 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
 
 def _check_model_limits(size: ImageSize, text: str, spec: ModelSpec) -> None:
     limits = spec.limits
-    fits = (
-        limits.min_side <= min(size.width, size.height)
-        and max(size.width, size.height) <= limits.max_side
-        and size.pixels <= limits.max_pixels
-    )
-    if not fits:
+    if not limits.fits(size):
         raise InvalidRequestError(
             f"Invalid size '{text}'. Model '{spec.name}' supports sides from {limits.min_side} to "
             f"{limits.max_side} pixels and at most {limits.max_pixels} pixels in total.",
             param="size",
             code="invalid_value",
         )
-    if size.width % limits.multiple_of or size.height % limits.multiple_of:
+    if not limits.divides(size):
         raise InvalidRequestError(
             f"Invalid size '{text}'. Model '{spec.name}' needs width and height divisible by {limits.multiple_of}.",
             param="size",
