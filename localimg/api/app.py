@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from localimg import __version__, request_context
 from localimg.api import edits, health, images, metrics, models
 from localimg.api.auth import ApiKeyMiddleware
-from localimg.api.errors import install_error_handlers
+from localimg.api.errors import install_error_handlers, unexpected_error_response
 from localimg.api.limits import BodyLimitMiddleware
 from localimg.config import Settings
 from localimg.service.engine import Engine
@@ -124,6 +124,14 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered and logged here, once, with its status; Starlette's fallback would log it again, and
+            # uvicorn a third time, while this line said status=0.
+            log.exception("%s %s: unexpected error", scope["method"], scope["path"])
+            if status:  # the response has started: nothing more can be sent
+                raise
+            status = 500
+            await unexpected_error_response(request_id)(scope, receive, send_with_id)
         finally:
             log.info(
                 "%s %s status=%d ms=%.0f client=%s",

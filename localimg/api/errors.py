@@ -189,9 +189,8 @@ def install_error_handlers(app: FastAPI) -> None:
         err = HTTPStatusError(exc.status_code, message)
         return error_response(err, request_id_of(request), headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request_id_of(request)
-        log.exception("request %s: unexpected error", request_id)
-        err = LocalImgError(f"The server had an error while processing your request (request id {request_id}).")
-        return error_response(err, request_id, headers={"x-should-retry": "false"})
+
+def unexpected_error_response(request_id: str) -> JSONResponse:
+    """The 500 for an exception nothing else handled (api/app.py's RequestIdMiddleware sends it and logs it)."""
+    err = LocalImgError(f"The server had an error while processing your request (request id {request_id}).")
+    return error_response(err, request_id, headers={"x-should-retry": "false"})
