@@ -122,18 +122,36 @@ def serve(
 
 @app.command("models")
 def list_models(config: ConfigOption = Path("models.toml")) -> None:
-    """List the models the config declares, and whether each one's weights are present."""
-    from localimg.backends.loading import weights_present
+    """List the models the config declares, and whether each one's weights are present (and if not, why).
+    Exits 1 when the default model's weights are missing: the server could not serve it."""
+    from localimg.backends.loading import weights_problem
     from localimg.registry import Registry
 
     with _config_errors():
         registry = Registry.load(config)
+    default_missing = False
     for spec in registry:
         default = " (default)" if spec.name == registry.default_model else ""
-        status = "present" if weights_present(spec) else "MISSING"
+        problem = weights_problem(spec)
+        status = "present" if problem is None else "MISSING"
         typer.echo(f"{spec.name}{default}  family={spec.family}  weights={status}  source: {spec.source.describe()}")
         if spec.aliases:
             typer.echo(f"    aliases: {', '.join(spec.aliases)}")
+        if problem is not None:
+            typer.echo(f"    why: {problem}")
+            default_missing |= bool(default)
+    if registry.matting is not None:
+        from localimg.backends.matting import locate_matting_weights
+        from localimg.errors import ModelUnavailableError
+
+        try:
+            locate_matting_weights(registry.matting)
+            typer.echo(f"[matting]  weights=present  source: {registry.matting.source.describe()}")
+        except ModelUnavailableError as exc:
+            typer.echo(f"[matting]  weights=MISSING  source: {registry.matting.source.describe()}")
+            typer.echo(f"    why: {exc.message} The built-in key-colour matting is used instead.")
+    if default_missing:
+        raise typer.Exit(1)
 
 
 @contextmanager

@@ -41,11 +41,16 @@ def build_app(settings: Settings) -> FastAPI:
     # Imported here so that `localimg --help` and `localimg models` never import torch.
     from localimg.backends.device import device_memory_bytes, resolve_device
     from localimg.backends.diffusers_backend import DiffusersBackend
+    from localimg.backends.loading import weights_problem
     from localimg.backends.matting import load_matting
 
     registry = load_registry(settings)
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
+    for spec in registry:  # file checks only: say now what a request would find out later
+        problem = weights_problem(spec)
+        if problem is not None:
+            log.warning("model %s cannot be served until its weights are in place: %s", spec.name, problem)
     backends = {spec.name: DiffusersBackend(spec, device) for spec in registry}
     if settings.inject_oom:
         from localimg.testing.faults import OomBudget, inject_oom

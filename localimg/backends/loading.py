@@ -1,6 +1,6 @@
 """From a `ModelSource` to a diffusers pipeline, from local files only.
 
-Finding the weights (`locate_weights`, `weights_present`) is file checks only and imports no torch, so
+Finding the weights (`locate_weights`, `weights_problem`) is file checks only and imports no torch, so
 `localimg models` can list what is installed cheaply. Only `.safetensors` weights load unless the model sets
 `allow_pickle = true`: pickled checkpoints can run arbitrary code when loaded.
 """
@@ -96,13 +96,14 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     return LocatedWeights(config, file)
 
 
-def weights_present(spec: ModelSpec) -> bool:
-    """Whether the model's files are on disk and loadable under its pickle policy (file checks only)."""
+def weights_problem(spec: ModelSpec) -> str | None:
+    """Why the model's files cannot be loaded (missing, or refused by its pickle policy), or None when they are
+    in place. File checks only: a file that is present but corrupt shows only when it loads."""
     try:
         locate_weights(spec)
-    except ModelUnavailableError:
-        return False
-    return True
+    except ModelUnavailableError as exc:
+        return exc.message
+    return None
 
 
 def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtype: torch.dtype) -> DiffusionPipeline:

@@ -17,7 +17,7 @@ import torch
 from localimg.backends.base import GenerationPlan
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
-from localimg.backends.loading import load_pipeline, locate_weights, weights_present
+from localimg.backends.loading import load_pipeline, locate_weights, weights_problem
 from localimg.errors import ModelUnavailableError
 from localimg.registry import ModelSource, ModelSpec, Registry
 
@@ -65,7 +65,7 @@ def with_source(spec: ModelSpec, allow_pickle: bool = False, **source: object) -
 
 
 def unavailable(spec: ModelSpec, *fragments: str, present: bool = False) -> ModelUnavailableError:
-    assert weights_present(spec) is present
+    assert (weights_problem(spec) is None) is present
     with pytest.raises(ModelUnavailableError) as info:
         DiffusersBackend(spec, resolve_device("cpu")).load()
     for fragment in (repr(spec.name), *fragments):
@@ -95,7 +95,7 @@ def test_importing_backends_forces_offline_mode():
 
 def test_tiny_folders_are_present(registry: Registry):
     for spec in registry:
-        assert weights_present(spec), spec.name
+        assert weights_problem(spec) is None, spec.name
         assert locate_weights(spec).folder == spec.source.path
 
 
@@ -146,7 +146,7 @@ def test_pickled_weights_are_refused_by_default(sd15: ModelSpec, pickled_sd15: P
 
 def test_pickled_weights_load_when_allowed(sd15: ModelSpec, pickled_sd15: Path):
     spec = with_source(sd15, path=pickled_sd15, allow_pickle=True)
-    assert weights_present(spec)
+    assert weights_problem(spec) is None
     generates(spec)
 
 

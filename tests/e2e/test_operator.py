@@ -29,7 +29,11 @@ def test_models_command_lists_weights_status(tiny_models_toml: Path, tmp_path: P
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("tiny-flux (default)") and "weights=present" in line for line in lines)
-    assert any(line.startswith("absent") and "weights=MISSING" in line for line in lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith("absent"))
+    assert "weights=MISSING" in lines[at] and "nobody/absent@main is not (completely) in the" in lines[at + 1]
+    # Without its default model's weights the server cannot serve: a script checking a site gets a failure.
+    config.write_text(config.read_text().replace('default_model = "tiny-flux"', 'default_model = "absent"'))
+    assert localimg("models", "--config", str(config)).returncode == 1
 
 
 def test_broken_config_is_one_clear_line(tmp_path: Path):
