@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import socket
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -147,6 +148,7 @@ def run(settings: Settings) -> None:
     import uvicorn
 
     check_settings(settings)
+    listener = bind(settings.host, settings.port)  # before any model loads: a taken port fails at once
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
     )
@@ -161,7 +163,25 @@ def run(settings: Settings) -> None:
         access_log=False,  # RequestIdMiddleware logs each request with its id
         timeout_graceful_shutdown=30,
     )
-    _draining_server(config, app.state.service.engine, settings.drain_timeout_s).run()
+    _draining_server(config, app.state.service.engine, settings.drain_timeout_s).run(sockets=[listener])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound; ValueError with one clear line when the address cannot be used."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, OverflowError) as exc:
+        raise ValueError(f"--host {host} --port {port}: not an address to listen on ({exc})") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+    return listener
 
 
 def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: float) -> uvicorn.Server:

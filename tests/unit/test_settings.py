@@ -51,3 +51,18 @@ def test_bad_settings_name_their_flag(change: dict, flag: str):
 )
 def test_good_settings_pass(change: dict):
     check_settings(dataclasses.replace(Settings(), **change))
+
+
+def test_a_taken_port_fails_at_once_naming_the_address():
+    from localimg.server import bind
+
+    first = bind("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        first.listen()
+        with pytest.raises(ValueError, match=rf"--host 127.0.0.1 --port {port}: cannot listen there"):
+            bind("127.0.0.1", port)
+    finally:
+        first.close()
+    with pytest.raises(ValueError, match="not an address to listen on"):
+        bind("no-such-host.invalid", 8000)
