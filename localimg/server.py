@@ -154,6 +154,8 @@ def run(settings: Settings) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
+    host, port = listener.getsockname()[:2]
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     app = build_app(settings)
     config = uvicorn.Config(
         app,
