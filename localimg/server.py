@@ -189,7 +189,8 @@ def bind(host: str, port: int) -> socket.socket:
 def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: float) -> uvicorn.Server:
     """uvicorn's server, with a graceful SIGTERM/SIGINT: stop admission (new jobs get 503 and /ready turns 503
     while the socket still accepts), let queued and running jobs finish for up to `drain_timeout_s`, fail what
-    is left with a 503 its client receives, then let uvicorn close connections and exit. A second SIGINT forces."""
+    is left with a 503 its client receives, then let uvicorn close connections and exit. A second signal exits
+    at once."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -200,8 +201,9 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
                 self.draining_since = time.monotonic()
                 engine.stop_admission()
                 log.info("signal %d: draining %d job(s) for up to %.0f s", sig, engine.in_flight, drain_timeout_s)
-            else:
-                super().handle_exit(sig, frame)
+            else:  # a second signal: an operator who will not wait; uvicorn alone would want a third
+                log.warning("signal %d again: exiting now, abandoning %d job(s)", sig, engine.in_flight)
+                self.should_exit = self.force_exit = True
 
         async def on_tick(self, counter: int) -> bool:
             if self.draining_since is not None and not self.should_exit:

@@ -224,6 +224,28 @@ def test_sigterm_drains_in_flight_refuses_new_and_exits_0(tiny_models_toml: Path
         server.stop()
 
 
+def test_a_second_signal_exits_at_once(tiny_models_toml: Path):
+    server = ServerProcess(tiny_models_toml, "--preload", "tiny-sd15", "--drain-timeout", "300")
+    try:
+        server.wait_ready()
+        body = {"prompt": "endless", **SMALL, "size": "512x512", "n": 4, "num_inference_steps": 500}
+        threading.Thread(
+            target=lambda: httpx.post(f"{server.root}/v1/images/generations", json=body, timeout=300), daemon=True
+        ).start()
+        deadline = time.monotonic() + 60
+        while metric(server, "localimg_jobs_running") < 1:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGINT)  # drains: would wait for the job, for up to 300 s
+        time.sleep(1)
+        assert server.process.poll() is None
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(20)
+        assert "exiting now, abandoning 1 job(s)" in server.log_path.read_text()
+    finally:
+        server.stop()
+
+
 def test_non_loopback_host_without_a_key_is_refused(tiny_models_toml: Path):
     from tests.e2e.test_operator import localimg
 
