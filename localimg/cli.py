@@ -11,7 +11,13 @@ import typer
 
 from localimg.config import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="An OpenAI Images API server for local models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="An OpenAI Images API server for local models.",
+    context_settings={"max_content_width": 120},  # room for the LOCALIMG_* names in --help
+    rich_markup_mode=None,
+)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.")]
 

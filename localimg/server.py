@@ -39,13 +39,14 @@ def load_registry(settings: Settings) -> Registry:
 
 
 def build_app(settings: Settings) -> FastAPI:
+    registry = load_registry(settings)
+    preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
     # Imported here so that `localimg --help` and `localimg models` never import torch.
     from localimg.backends.device import device_memory_bytes, resolve_device
     from localimg.backends.diffusers_backend import DiffusersBackend
     from localimg.backends.loading import weights_problem
     from localimg.backends.matting import load_matting
 
-    registry = load_registry(settings)
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     for spec in registry:  # file checks only: say now what a request would find out later
@@ -66,7 +67,7 @@ def build_app(settings: Settings) -> FastAPI:
     engine = Engine(backends, config=engine_config(settings, memory_budget))
     transparency = TransparencyStage(load_matting(registry.matting, device))
     service = ImageService(registry, engine, ImageStore(ttl_s=settings.url_ttl_s), transparency=transparency)
-    return create_app(settings, service, preload=preload_list(settings.preload, registry))
+    return create_app(settings, service, preload=preload)
 
 
 def engine_config(settings: Settings, memory_budget_bytes: int | None) -> EngineConfig:
@@ -139,7 +140,8 @@ def preload_list(preload: tuple[str, ...], registry: Registry) -> list[str]:
         elif item != "none":
             spec = registry.resolve(item)
             if spec is None:
-                raise ValueError(f"--preload: unknown model {item!r}")
+                served = ", ".join(registry.public_ids())
+                raise ValueError(f"--preload: unknown model {item!r}; served here: default, all, none, {served}")
             names.append(spec.name)
     return list(dict.fromkeys(names))
 

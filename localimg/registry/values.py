@@ -86,10 +86,14 @@ def resolve_path(text: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
+_TOML_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "a table"}  # fmt: skip
+
+
 def typed_value(table: Mapping[str, Any], key: str, kind: type, default: Any, ctx: str) -> Any:
     value = table.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RegistryError(f"{ctx}: {key} must be a {kind.__name__}, got {type(value).__name__}")
+        raise RegistryError(f"{ctx}: {key} must be {_TOML_TYPES.get(kind, kind.__name__)}, got {value!r}")
     return value
 
 

@@ -86,7 +86,7 @@ def test_kontext_may_take_references(tmp_path: Path):
         ('family = "flux"\nvariant = "fill"\nmax_input_images = 2', "variant is 'fill'"),
         ('family = "flux"\nvariant = "kontext"\nmax_input_images = 17', "max_input_images must be an integer in 1..16"),
         ('family = "flux"\nvariant = "kontext"\nmax_input_images = 0', "in 1..16"),
-        ('family = "flux"\nmax_input_images = "2"', "max_input_images must be a int"),
+        ('family = "flux"\nmax_input_images = "2"', "max_input_images must be an integer"),
     ],
 )
 def test_bad_variant_or_max_input_images(tmp_path: Path, table: str, fragment: str):

@@ -69,7 +69,7 @@ def test_cuda_graphs_on_a_unet(tmp_path):
         ('compile = "yes"', "flux", 'expected true, false or "auto"'),
         ("fp8 = 1", "flux", "optimize.fp8"),
         ("prompt_cache = -1", "flux", "optimize.prompt_cache"),
-        ("prompt_cache = true", "flux", "prompt_cache must be a int"),
+        ("prompt_cache = true", "flux", "prompt_cache must be an integer"),
         ('step_cache = "first_block"', "sdxl", "does not work with sdxl (flux: first_block or taylorseer, sd3: "),
         ('step_cache = "first_block"', "sd3", "optimize.step_cache = 'first_block' does not work with sd3"),
         ("step_cache_threshold = 2", "flux", "step_cache_threshold"),

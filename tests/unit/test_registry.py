@@ -112,7 +112,7 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL + '[models.flux.quality]\nauto = "best"\n', ["quality.auto", "best"]),
         (MINIMAL + 'dtype = { cuda = "fp8" }\n', ["dtype.cuda", "fp8"]),
         (MINIMAL + "max_batch = 0\n", ["max_batch"]),
-        (MINIMAL + 'allow_pickle = "yes"\n', ["allow_pickle", "bool"]),
+        (MINIMAL + 'allow_pickle = "yes"\n', ["allow_pickle must be true or false"]),
         (MINIMAL.replace('default_model = "flux"', 'default_model = "sd"'), ["default_model", "'sd'"]),
         (MINIMAL.replace('"flux"]', '"../etc"]').replace("[models.flux]", '[models."../etc"]'), ["../etc"]),
         (MINIMAL + '[models.other]\nfamily = "sd15"\nsource = { path = "x" }\naliases = ["dall-e-3"]\n', ["dall-e-3"]),
