@@ -150,15 +150,16 @@ def run(settings: Settings) -> None:
     import uvicorn
 
     check_settings(settings)
-    listener = bind(settings.host, settings.port)  # before any model loads: a taken port fails at once
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
+    app = build_app(settings)
+    # Bound before uvicorn starts the app, whose startup begins loading models: a taken port fails at once.
+    listener = bind(settings.host, settings.port)
     host, port = listener.getsockname()[:2]
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-    app = build_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
