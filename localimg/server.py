@@ -42,11 +42,17 @@ def build_app(settings: Settings) -> FastAPI:
     registry = load_registry(settings)
     preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
     # Imported here so that `localimg --help` and `localimg models` never import torch.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
     from localimg.backends.device import device_memory_bytes, resolve_device
     from localimg.backends.diffusers_backend import DiffusersBackend
     from localimg.backends.loading import weights_problem
     from localimg.backends.matting import load_matting
 
+    # Loading progress bars are for interactive sessions; in a server log they are noise between the log lines.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     for spec in registry:  # file checks only: say now what a request would find out later
