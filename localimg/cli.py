@@ -50,7 +50,9 @@ def serve(
     sse_keepalive: Annotated[
         float, typer.Option(envvar="LOCALIMG_SSE_KEEPALIVE", help="Seconds of stream silence before a keep-alive.")
     ] = 10.0,
-    log_level: Annotated[str, typer.Option(envvar="LOCALIMG_LOG_LEVEL", help="debug, info, warning.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="LOCALIMG_LOG_LEVEL", help="debug, info, warning, error or critical.")
+    ] = "info",
     max_batch: Annotated[
         int, typer.Option(envvar="LOCALIMG_MAX_BATCH", help="Images per merged pipeline call (n counts).")
     ] = 8,

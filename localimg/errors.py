@@ -93,9 +93,9 @@ class HTTPStatusError(LocalImgError):
         self.status = status
 
 
-# The code of a ModelUnavailableError for a model that does not fit in the device's memory: the one load failure
-# that freeing other models can cure.
-OUT_OF_MEMORY = "model_out_of_memory"
+# The code of an error caused by the device's memory running out: a GenerationError (one call was too large), or
+# a ModelUnavailableError (the model did not fit: the one load failure that freeing other models can cure).
+OUT_OF_MEMORY = "out_of_memory"
 
 
 class ModelUnavailableError(LocalImgError):

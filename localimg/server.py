@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import math
 import socket
+import sys
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ log = logging.getLogger("localimg")
 # Of a CUDA device's memory, the share the resident models' weights may take by default; the rest is left for
 # activations, which grow with image size and batch.
 DEFAULT_CUDA_WEIGHT_SHARE = 0.75
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -161,9 +162,14 @@ def run(settings: Settings) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
-    app = build_app(settings)
-    # Bound before uvicorn starts the app, whose startup begins loading models: a taken port fails at once.
+    # Bound before anything loads (the matting model in build_app, the models when uvicorn starts the app): a
+    # taken port fails at once.
     listener = bind(settings.host, settings.port)
+    try:
+        app = build_app(settings)
+    except BaseException:
+        listener.close()
+        raise
     host, port = listener.getsockname()[:2]
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     config = uvicorn.Config(
@@ -178,20 +184,17 @@ def run(settings: Settings) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The server's listening socket, bound; ValueError with one clear line when the address cannot be used."""
+    """The server's listening socket, bound as uvicorn binds one (IPv6 when the host has a colon, else IPv4, so
+    `localhost` is 127.0.0.1); ValueError with one clear line when the address cannot be used."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    if sys.platform != "win32":  # on Windows the option lets a second server take a port that is in use
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (socket.gaierror, OverflowError) as exc:
-        raise ValueError(f"--host {host} --port {port}: not an address to listen on ({exc})") from None
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(address)
-    except OSError as exc:
+        listener.bind((host, port))
+    except (OSError, OverflowError) as exc:
         listener.close()
-        raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({reason})") from None
     return listener
 
 

@@ -44,6 +44,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
     app.state.service = service
     app.state.ready = False
     app.state.preloaded = []
+    app.state.reload = None  # the task retrying failed preloads (api/health.py)
     install_error_handlers(app)
     for router in (images.router, edits.router, models.router):
         app.include_router(router, prefix="/v1")

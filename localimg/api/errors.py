@@ -127,7 +127,8 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
     if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
         above = kind.startswith("less")
         bound = next(iter(ctx.values()), None)
-        number = "integer" if _is_integer(value) else "decimal"
+        # A float field's bounds are floats (protocol.py), whatever text the client sent.
+        number = "integer" if _is_integer(value) and not isinstance(bound, float) else "decimal"
         direction = "above maximum" if above else "below minimum"
         relation = "<=" if above else ">="
         return InvalidRequestError(

@@ -1,8 +1,12 @@
 """GET /health: the process serves (always 200). GET /ready: 200 when the preloaded models are loaded and new
 work is admitted; 503 while loading, while a preloaded model is unavailable (its load failed: the log says why),
-or while draining for shutdown. Load balancers and Docker's healthcheck use it. Neither needs an API key."""
+or while draining for shutdown; while a model is unavailable, each probe (at most one at a time) tries to load it
+again, within the engine's back-off, so weights put in place are picked up without a client request. Load
+balancers and Docker's healthcheck use it. Neither needs an API key."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -22,8 +26,12 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"retry-after": "1"})
     if not request.app.state.ready:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"retry-after": "1"})
-    # A model that failed to load may load later (the weights put in place): ask the engine each time.
     failed = [name for name in request.app.state.preloaded if engine.load_error(name) is not None]
     if failed:
+        # Probes keep coming while clients are kept away, so they drive the retries: one at a time, each within
+        # the engine's back-off (so at most one load attempt per model per back-off period).
+        state = request.app.state
+        if state.reload is None or state.reload.done():
+            state.reload = asyncio.create_task(engine.preload(failed))
         return JSONResponse({"status": "unavailable", "models": failed}, status_code=503)
     return JSONResponse({"status": "ready", "in_flight": engine.in_flight})

@@ -55,21 +55,43 @@ class DiffusersBackend:
         return self._pipe is not None
 
     def load(self) -> None:
-        """Load the weights onto the device (a no-op when loaded). Raises ModelUnavailableError."""
+        """Load the weights onto the device, optimize and warm up (a no-op when loaded). Any failure leaves
+        nothing loaded and raises ModelUnavailableError (code OUT_OF_MEMORY when the model did not fit)."""
         if self._pipe is not None:
             return
+        try:
+            self._load()
+            return
+        except ModelUnavailableError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - a compile, fp8 or warm-up failure: the model cannot be served
+            logger.error("model %s failed while being prepared", self.spec.name, exc_info=exc)
+            out_of_memory = _is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY
+            failure = ModelUnavailableError(
+                f"model {self.spec.name!r} failed while being prepared on {self.device.name}: "
+                f"{type(exc).__name__}: {exc}",
+                code=OUT_OF_MEMORY if out_of_memory else "model_load_failed",
+            )
+        # Out of the except block, so that no traceback keeps the half-loaded pipeline's tensors alive: a caller
+        # may free other models and try again, and that needs this memory back first.
+        self.unload()
+        raise failure
+
+    def _load(self) -> None:
         clock = _PhaseClock()
         pipe = load_pipeline(self.spec, self.adapter.pipeline_class, torch_dtype(self.dtype))
         clock.lap("read")
+        fits = True
         try:
             pipe.to(torch_device(self.device))
-        except torch.cuda.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError:
+            fits = False
+        if not fits:
             del pipe
-            release_memory(self.device)
             raise ModelUnavailableError(
                 f"model {self.spec.name!r} does not fit in the memory of {self.device.name} in {self.dtype}",
                 code=OUT_OF_MEMORY,
-            ) from exc
+            )
         if self.device.kind != "cpu":
             release_memory(self.device)  # the host copy the weights were loaded into
         clock.lap("to_device")
@@ -123,7 +145,7 @@ class DiffusersBackend:
                 raise GenerationError(
                     f"out of memory generating a {plan.width}x{plan.height} image with {self.spec.name} on "
                     f"{self.device.name}; try a smaller size",
-                    code="out_of_memory",
+                    code=OUT_OF_MEMORY,
                 )
         return images
 
@@ -137,6 +159,7 @@ class DiffusersBackend:
         self._pipe = None
         self._derived.clear()
         self._tiled = False
+        self.optimizations = None
         release_memory(self.device)
 
     def memory_bytes(self) -> int:

@@ -8,7 +8,8 @@ itself and runs every pipeline call inside `step_cache_scope`:
 - the hooks' state reset first: a cancelled or failed call never reaches the pipeline's own reset, and the next
   image must not start from its cached residuals.
 A pipeline without its own contexts that runs true CFG (FLUX edits with a negative prompt: two transformer calls per
-step) shares one cache state between both passes, which caches less often; the result stays a valid image.
+step) shares one cache state between both passes: first_block then mostly recomputes (the passes differ), and
+TaylorSeer extrapolates across them. Neither is tested for quality; both are opt-in lossy modes.
 """
 
 from __future__ import annotations

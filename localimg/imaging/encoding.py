@@ -12,8 +12,8 @@ from localimg.imaging import png
 ImageFormat = Literal["png", "jpeg", "webp"]
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
-# libwebp's effort (0 fastest, 6 smallest; Pillow's default is 4). Measured at 1024x1024, quality 80, on four
-# photographs and drawings: method 2 encodes in 25-70 ms against 56-141 ms for 4, for 3-7 % more bytes.
+# libwebp's effort (0 fastest, 6 smallest; Pillow's default is 4). At 1024x1024, quality 80, method 2 encodes real
+# pictures in about half the time of method 4 for 2-7 % more bytes (scripts/bench_encoding.py, docs/benchmarks.md).
 _WEBP_METHOD = 2
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg import request_context
 from localimg.errors import (
+    OUT_OF_MEMORY,
     GenerationCancelled,
     LocalImgError,
     ModelUnavailableError,
@@ -312,7 +313,7 @@ class Engine:
             log.warning("batch failed: %s", exc.message)
         else:
             log.error("batch failed", exc_info=exc)
-        if code == "out_of_memory":
+        if code == OUT_OF_MEMORY:
             self.metrics.oom.labels(model).inc()
         for job in batch:
             if job.settle(error=exc):

@@ -34,7 +34,7 @@ DALLE_SIZES: dict[ApiStyle, tuple[str, ...]] = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
 }
-DALLE_DEFAULT_SIZE = ImageSize(1024, 1024)  # both DALL·E models, every endpoint
+DALLE_DEFAULT_SIZE = "1024x1024"  # both DALL·E models, every endpoint
 PROMPT_MAX_CHARS: dict[ApiStyle, int] = {"gpt-image": 32_000, "dall-e-2": 1_000, "dall-e-3": 4_000}
 # DALL·E quality names map onto our presets: "hd" is the better one.
 DALLE_QUALITY: dict[ApiStyle, dict[str, str]] = {
@@ -240,7 +240,7 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
     if style != "gpt-image":
         allowed = DALLE_SIZES[style]
         if text is None or text == "auto":
-            return DALLE_DEFAULT_SIZE
+            text = DALLE_DEFAULT_SIZE  # then checked against the model like a size the client sent
         if text not in allowed:
             raise _invalid_value(text, [*allowed], param="size")
         size = ImageSize.parse(text)

@@ -26,7 +26,7 @@ RELOAD_BACKOFF_S = 30.0
 _CLIENT_REASONS = {
     "model_weights_missing": "its weights are not on the server's disk",
     "model_weights_pickled": "its weights are pickled files, which the server refuses to load",
-    "model_out_of_memory": "it does not fit in the device's memory",
+    OUT_OF_MEMORY: "it does not fit in the device's memory",
 }
 
 
@@ -77,11 +77,13 @@ class ModelResidency:
         started = time.perf_counter()
         try:
             self._load(name, backend)
-        except ModelUnavailableError as exc:
-            failure = _LoadFailure(exc.message, exc.code, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - whatever a backend raises, the model cannot be served now
+            known = isinstance(exc, ModelUnavailableError)
+            detail = exc.message if known else f"{type(exc).__name__}: {exc}"
+            failure = _LoadFailure(detail, exc.code if known else "model_load_failed", time.monotonic())
             self._failures[name] = failure
-            log.error("model %s is unavailable: %s", name, exc.message)
-            raise failure.error(name) from exc
+            log.error("model %s is unavailable: %s", name, detail, exc_info=None if known else exc)
+            raise failure.error(name) from None
         self._failures.pop(name, None)
         size = backend.memory_bytes() if isinstance(backend, SizedBackend) else 0
         self._known_size[name] = size
@@ -101,20 +103,20 @@ class ModelResidency:
             self._unload(name)
 
     def _load(self, name: str, backend: ImageBackend) -> None:
+        # The budget is an estimate: when a model does not fit next to the resident ones, free them and try once
+        # more. Any other failure (missing or broken weights) leaves the others alone.
+        others = [other for other in self._resident if other != name]
         try:
             backend.load()
+            return
         except ModelUnavailableError as exc:
-            # The budget is an estimate: when a model does not fit next to the resident ones, free them and try
-            # once more. Any other failure (missing or broken weights) leaves the others alone.
-            others = [other for other in self._resident if other != name]
             if exc.code != OUT_OF_MEMORY or not others:
                 raise
-            log.warning(
-                "model %s does not fit next to %d other model(s); unloading them and retrying", name, len(others)
-            )
-            for other in others:
-                self._unload(other, evicted=True)
-            backend.load()
+        # Retried outside the except block: its traceback must not keep the failed attempt's memory alive.
+        log.warning("model %s does not fit next to %d other model(s); unloading them and retrying", name, len(others))
+        for other in others:
+            self._unload(other, evicted=True)
+        backend.load()
 
     def _make_room(self, needed: int, keep: str) -> None:
         if self._budget is None:

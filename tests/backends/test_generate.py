@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,55 @@ def test_out_of_memory_at_one_image_tiles_the_vae_then_gives_up(sd15_oom):
     assert info.value.code == "out_of_memory"
     assert backend.sizes == [2, 1, 1]
     assert backend._pipe.vae.use_tiling and backend._pipe.vae.use_slicing
+
+
+def test_a_failure_while_preparing_leaves_nothing_loaded(registry: Registry, monkeypatch: pytest.MonkeyPatch):
+    # A compile, fp8 or warm-up failure (here an out-of-memory warm-up) must not leave a half-prepared pipeline
+    # that reports itself loaded.
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+
+    def failing_warm_up(*args: object) -> float:
+        raise GenerationError("out of memory during the warm-up", code="out_of_memory")
+
+    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up", failing_warm_up)
+    backend = DiffusersBackend(spec, resolve_device("cpu"))
+    with pytest.raises(ModelUnavailableError) as info:
+        backend.load()
+    assert info.value.code == "out_of_memory" and "warm-up" in info.value.message
+    assert not backend.loaded and backend.optimizations is None and backend.memory_bytes() == 0
+
+
+def test_a_model_that_does_not_fit_is_freed_before_the_error_reaches_the_caller(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+):
+    # The caller may unload other models and load again: the failed attempt's weights must be gone by then, not
+    # kept alive by the exception's traceback.
+    from localimg.backends import diffusers_backend
+
+    spec = registry.resolve("tiny-sd15")
+    assert spec is not None
+    pipes: list[weakref.ref] = []
+    original = diffusers_backend.load_pipeline
+
+    def loading(*args: object) -> object:
+        pipe = original(*args)
+        pipes.append(weakref.ref(pipe.unet))
+
+        def out_of_memory(*args: object, **kwargs: object) -> None:
+            module = pipe.unet  # as in torch's Module._apply, the failing frame holds what it was moving
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated) moving {type(module).__name__}")
+
+        pipe.to = out_of_memory
+        return pipe
+
+    monkeypatch.setattr(diffusers_backend, "load_pipeline", loading)
+    backend = DiffusersBackend(spec, resolve_device("cpu"))
+    try:
+        backend.load()
+    except ModelUnavailableError as exc:
+        assert exc.code == "out_of_memory"
+        gc.collect()
+        assert pipes and pipes[0]() is None, "the failed load's weights are still alive inside the except block"
+    else:
+        pytest.fail("the load did not fail")

@@ -364,3 +364,22 @@ def test_a_model_that_does_not_fit_frees_the_others_and_tries_again():
         run(test)
     finally:
         engine.close()
+
+
+def test_any_exception_from_a_load_is_a_clean_unavailable_model():
+    odd = StandInBackend("odd")
+    odd.load_fails_with = RuntimeError("compile failed: an inductor bug")
+    fine = StandInBackend("fine")
+    engine = engine_for(odd, fine)
+
+    async def test() -> None:
+        await engine.preload(["odd", "fine"])  # goes on past the failure
+        assert engine.is_loaded("fine") and "inductor bug" in (engine.load_error("odd") or "")
+        with pytest.raises(ModelUnavailableError) as info:
+            await engine.generate(plan(1, model="odd"))
+        assert info.value.code == "model_load_failed" and "inductor" not in info.value.message
+
+    try:
+        run(test)
+    finally:
+        engine.close()

@@ -173,3 +173,16 @@ def test_asks_for_transparency(prompt):
 )
 def test_does_not_ask_for_transparency(prompt):
     assert not asks_for_transparency(prompt)
+
+
+def test_a_cutout_is_mostly_background_not_a_rounded_corner():
+    from PIL import ImageDraw
+
+    from localimg.imaging.alpha import is_cutout
+
+    icon = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+    ImageDraw.Draw(icon).rounded_rectangle((0, 0, 511, 511), radius=20, fill=(30, 90, 200, 255))
+    assert not is_cutout(icon)  # a few transparent corner pixels
+    logo = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+    ImageDraw.Draw(logo).ellipse((128, 128, 383, 383), fill=(200, 30, 30, 255))
+    assert is_cutout(logo) and not is_cutout(logo.convert("RGB"))

@@ -206,3 +206,14 @@ def test_a_request_naming_no_model_may_send_response_format():
     assert plan(model=None, response_format="url").response_format == "url"
     assert plan(model=None).response_format == "b64_json"
     rejects("response_format", "unknown_parameter", model="gpt-image-1", response_format="b64_json")
+
+
+def test_dall_e_default_size_is_checked_against_the_model():
+    small = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nowhere"}, "aliases": ["dall-e-2"],
+                          "limits": {"min_side": 256, "max_side": 768, "max_pixels": 768 * 768}}}},
+        base_dir=Path("/"),
+    )  # fmt: skip
+    with pytest.raises(InvalidRequestError) as info:
+        plan_generation(ImageGenerateRequest(prompt="x", model="dall-e-2"), small, lambda: 1)
+    assert info.value.param == "size" and "1024x1024" in info.value.message

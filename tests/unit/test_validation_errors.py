@@ -106,3 +106,8 @@ def test_unparseable_json_names_no_parameter():
 def test_null_means_not_given():
     request = ImageGenerateRequest.model_validate({"prompt": "x", "n": None, "quality": None, "size": None})
     assert request.n is None and request.quality is None
+
+
+def test_a_float_field_sent_as_text_keeps_its_decimal_code():
+    error = {"type": "less_than_equal", "loc": ("body", "strength"), "input": "2", "ctx": {"le": 1.0}, "msg": "b"}
+    assert openai_validation_error([error]).code == "decimal_above_max_value"

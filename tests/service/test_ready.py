@@ -1,0 +1,51 @@
+"""GET /ready while a preloaded model is unavailable: 503 naming it, and the probes themselves retry the load,
+so weights put in place turn the server ready without a client request (a balancer sends none to a 503)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localimg.api.app import create_app
+from localimg.config import Settings
+from localimg.errors import ModelUnavailableError
+from localimg.registry import Registry
+from localimg.service.engine import Engine, EngineConfig
+from localimg.service.image_store import ImageStore
+from localimg.service.images import ImageService
+from tests.service.standin import StandInBackend
+
+
+def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    backend = StandInBackend(name="m", steps=1)
+    backend.load_fails_with = ModelUnavailableError("weights missing", code="model_weights_missing")
+    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
+    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+
+    async def scenario() -> None:
+        await engine.preload(["m"])  # what the app's startup does
+        app.state.preloaded, app.state.ready = ["m"], True
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = await client.get("/ready")
+            assert first.status_code == 503 and first.json() == {"status": "unavailable", "models": ["m"]}
+            backend.load_fails_with = None  # the operator puts the weights in place
+            monkeypatch.setattr("localimg.service.residency.RELOAD_BACKOFF_S", 0.0)  # ... and the back-off passes
+            for _ in range(100):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("/ready never turned 200 after the weights were put in place")
+        assert engine.is_loaded("m")
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        engine.close()
