@@ -148,7 +148,7 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
             raise ValueError(f"{type(denoiser).__name__} has no diffusers attention dispatcher")
         denoiser.set_attention_backend(plan.attention_dispatch)
     if plan.fp8:
-        plan = replace(plan, fp8=_quantize_fp8(denoiser))
+        plan = replace(plan, fp8=_quantize_fp8(denoiser, dtype))
     if plan.step_cache != "off":
         apply_step_cache(denoiser, plan.step_cache, plan.step_cache_threshold)
     if plan.sync_free:
@@ -282,16 +282,18 @@ def _start_schedules_at_zero(pipe: DiffusionPipeline) -> None:
     scheduler.set_timesteps = set_timesteps
 
 
-def _quantize_fp8(module: Any) -> bool:
+def _quantize_fp8(module: Any, dtype: str) -> bool:
     try:
         from torchao.quantization import quantize_
     except ImportError:
         logger.warning("optimize.fp8 needs torchao (pip install torchao); not applied")
         return False
     try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
 
-        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        # Row-wise scales keep more precision, but torchao implements them for bfloat16 weights only.
+        granularity = PerRow() if dtype == "bfloat16" else PerTensor()
+        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
     except ImportError:  # older torchao
         from torchao.quantization import float8_dynamic_activation_float8_weight
 
