@@ -13,14 +13,13 @@ bytes than Pillow's per-row adaptive choice. Paeth would match Pillow's size but
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
+
+from localimg.imaging.pools import WORKERS, thread_pool
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {"RGB": 2, "RGBA": 6}  # PNG colour types, 8 bits per channel
@@ -29,10 +28,6 @@ _FILTER_UP = 2
 # thread) for 7 % more bytes, which matter less to a server than the time does.
 LEVEL = 1
 _MIN_SLICE_BYTES = 256 * 1024  # below this, a thread hand-off costs more than it saves
-_WORKERS = max(1, min(8, os.cpu_count() or 1))
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def supports(image: Image.Image) -> bool:
@@ -47,14 +42,14 @@ def encode_png(image: Image.Image, slices: int | None = None) -> bytes:
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     filtered = _filter_up(pixels.reshape(height, -1))
-    count = slices or max(1, min(_WORKERS, filtered.nbytes // _MIN_SLICE_BYTES))
+    count = slices or max(1, min(WORKERS, filtered.nbytes // _MIN_SLICE_BYTES))
     bounds = np.linspace(0, height, min(count, height) + 1).astype(int)
     parts = [filtered[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     last = len(parts) - 1
     if last == 0:
         streams = [_deflate(parts[0], final=True)]
     else:
-        streams = list(_executor().map(_deflate, parts, [i == last for i in range(len(parts))]))
+        streams = list(thread_pool("png-deflate").map(_deflate, parts, [i == last for i in range(len(parts))]))
     # zlib header for deflate with a 32 KiB window at the fastest level, then the streams, then Adler-32.
     idat = b"\x78\x01" + b"".join(streams) + struct.pack(">I", zlib.adler32(filtered))
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
@@ -77,11 +72,3 @@ def _deflate(part: np.ndarray, final: bool) -> bytes:
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="png-deflate")
-        return _pool

@@ -15,6 +15,7 @@ from localimg.imaging.alpha import KeyColourMatting
 from localimg.imaging.encoding import MIME_TYPES, encode_image
 from localimg.imaging.inputs import InputLimits, decode_image
 from localimg.imaging.masks import keep_outside
+from localimg.imaging.pools import thread_pool
 from localimg.protocol import (
     ImageData,
     ImageEditRequest,
@@ -102,8 +103,17 @@ class ImageService:
         )
 
     def finish_and_encode(self, job: ImageJob, images: Sequence[Image.Image]) -> list[bytes]:
-        """The job's final files: kept region copied back, background matted, encoded as asked."""
-        return [encode_image(self.finish(job, image), job.output.format, job.output.compression) for image in images]
+        """The job's final files: kept region copied back, background matted, encoded as asked. With n > 1 the
+        encodings run in parallel (the codecs release the GIL); matting stays sequential, as a learned matting
+        model is one module on the device."""
+        finished = [self.finish(job, image) for image in images]
+
+        def encode(image: Image.Image) -> bytes:
+            return encode_image(image, job.output.format, job.output.compression)
+
+        if len(finished) == 1:
+            return [encode(finished[0])]
+        return list(thread_pool("encode").map(encode, finished))
 
     def finish(self, job: ImageJob, image: Image.Image) -> Image.Image:
         if job.keep is not None:
