@@ -73,7 +73,13 @@ def build_app(settings: Settings) -> FastAPI:
         memory_budget = None if total is None else int(total * DEFAULT_CUDA_WEIGHT_SHARE)
     engine = Engine(backends, config=engine_config(settings, memory_budget))
     transparency = TransparencyStage(load_matting(registry.matting, device))
-    service = ImageService(registry, engine, ImageStore(ttl_s=settings.url_ttl_s), transparency=transparency)
+    service = ImageService(
+        registry,
+        engine,
+        ImageStore(ttl_s=settings.url_ttl_s),
+        transparency=transparency,
+        has_weights=lambda spec: weights_problem(spec) is None,
+    )
     return create_app(settings, service, preload=preload)
 
 

@@ -1,6 +1,9 @@
-"""GET /models and /models/{id}: every servable model name and alias, so model pickers show them."""
+"""GET /models and /models/{id}: every model name and alias that can be served (its weights are on disk), so
+model pickers show them."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request
 
@@ -12,12 +15,12 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    return request.app.state.service.list_models()  # type: ignore[no-any-return]
+    return await asyncio.to_thread(request.app.state.service.list_models)  # type: ignore[no-any-return]
 
 
 @router.get("/models/{model_id}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
-    card: ModelCard | None = request.app.state.service.get_model(model_id)
+    card: ModelCard | None = await asyncio.to_thread(request.app.state.service.get_model, model_id)
     if card is None:
         raise NotFoundError(
             f"The model '{model_id}' does not exist or you do not have access to it.",

@@ -36,7 +36,7 @@ from localimg.service.transparency import TransparencyStage
 if TYPE_CHECKING:
     from PIL import Image
 
-    from localimg.registry import Registry
+    from localimg.registry import ModelSpec, Registry
     from localimg.service.engine import Engine
     from localimg.service.image_store import ImageStore
 
@@ -54,6 +54,7 @@ class ImageService:
         input_limits: InputLimits | None = None,
         random_seed: Callable[[], int] = lambda: secrets.randbelow(SEED_MODULUS),
         clock: Callable[[], float] = time.time,
+        has_weights: Callable[[ModelSpec], bool] = lambda spec: True,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -62,6 +63,7 @@ class ImageService:
         self.input_limits = input_limits or InputLimits()
         self._random_seed = random_seed
         self._clock = clock
+        self._has_weights = has_weights  # a file check: whether a model (or alias) is listed in /v1/models
         self.started_at = int(clock())
 
     async def generate(self, request: ImageGenerateRequest, url_base: str) -> ImagesResponse:
@@ -146,10 +148,18 @@ class ImageService:
         return stream.events()
 
     def list_models(self) -> ModelList:
-        return ModelList(data=[self._card(model_id) for model_id in self.registry.public_ids()])
+        """The models (names and aliases) a client can use now: those whose weights are on disk. Checked on each
+        call, so weights put in place show up without a restart; the file checks run off the event loop."""
+        return ModelList(
+            data=[self._card(model_id) for model_id in self.registry.public_ids() if self._usable(model_id)]
+        )
 
     def get_model(self, model_id: str) -> ModelCard | None:
-        return self._card(model_id) if self.registry.resolve(model_id) else None
+        return self._card(model_id) if self._usable(model_id) else None
+
+    def _usable(self, model_id: str) -> bool:
+        spec = self.registry.resolve(model_id)
+        return spec is not None and self._has_weights(spec)
 
     def _card(self, model_id: str) -> ModelCard:
         return ModelCard(id=model_id, created=self.started_at, owned_by="localimg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +68,12 @@ def test_missing_weights_answer_a_clear_error(tiny_models_toml: Path, tmp_path: 
         assert info.value.code == "model_weights_missing"
         assert "'absent' is not available" in info.value.message and str(tmp_path) not in info.value.message
         assert info.value.response.headers["x-should-retry"] == "false"
+        # Model pickers are not offered it, and it comes back once its weights are in place.
+        assert "absent" not in [model.id for model in client.models.list()]
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("absent")
+        shutil.copytree(tiny_models_toml.parent / "tiny-sd15", tmp_path / "nothing-here")
+        assert "absent" in [model.id for model in client.models.list()]
         # The server keeps serving the models it has.
         assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
     finally:
