@@ -19,10 +19,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from localimg import request_context
 from localimg.api.errors import error_response
+from localimg.api.images import FILES_PATH
 from localimg.errors import AuthenticationError
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
-OPEN_PREFIXES = ("/v1/images/files/", "/images/files/")
+OPEN_PREFIXES = (f"/v1{FILES_PATH}/", f"{FILES_PATH}/")  # the image links, with and without the /v1 prefix
 _HASH_PREFIX = "sha256:"
 
 

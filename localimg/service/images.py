@@ -150,16 +150,18 @@ class ImageService:
     def list_models(self) -> ModelList:
         """The models (names and aliases) a client can use now: those whose weights are on disk. Checked on each
         call, so weights put in place show up without a restart; the file checks run off the event loop."""
-        return ModelList(
-            data=[self._card(model_id) for model_id in self.registry.public_ids() if self._usable(model_id)]
-        )
+        # One file check per model, not per alias (the default model alone has eight).
+        usable = {spec.name for spec in self.registry if self._has_weights(spec)}
+        ids = [model_id for model_id in self.registry.public_ids() if self._resolved_name(model_id) in usable]
+        return ModelList(data=[self._card(model_id) for model_id in ids])
 
     def get_model(self, model_id: str) -> ModelCard | None:
-        return self._card(model_id) if self._usable(model_id) else None
-
-    def _usable(self, model_id: str) -> bool:
         spec = self.registry.resolve(model_id)
-        return spec is not None and self._has_weights(spec)
+        return self._card(model_id) if spec is not None and self._has_weights(spec) else None
+
+    def _resolved_name(self, model_id: str) -> str | None:
+        spec = self.registry.resolve(model_id)
+        return None if spec is None else spec.name
 
     def _card(self, model_id: str) -> ModelCard:
         return ModelCard(id=model_id, created=self.started_at, owned_by="localimg")
