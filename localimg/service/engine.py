@@ -273,6 +273,14 @@ class Engine:
         return batch
 
     def _run_batch(self, batch: list[Job]) -> None:
+        # The worker's log lines (batch, load, failure) carry the ids of the requests they are for.
+        token = request_context.request_id.set(",".join(job.request_id for job in batch))
+        try:
+            self._run_batch_for_requests(batch)
+        finally:
+            request_context.request_id.reset(token)
+
+    def _run_batch_for_requests(self, batch: list[Job]) -> None:
         model = batch[0].plan.model
         started = time.monotonic()
         for job in batch:
@@ -280,10 +288,7 @@ class Engine:
         fan_out = BatchProgress(batch)
         images = sum(job.plan.n for job in batch)
         self.metrics.running.set(len(batch))
-        log.info(
-            "batch model=%s jobs=%d images=%d requests=%s",
-            model, len(batch), images, ",".join(job.request_id for job in batch),
-        )  # fmt: skip
+        log.info("batch model=%s jobs=%d images=%d", model, len(batch), images)
         try:
             fan_out.abort_if_all_cancelled()
             backend = self._residency.acquire(model)

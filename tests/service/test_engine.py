@@ -9,6 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 
+from localimg import request_context
 from localimg.backends.base import StepProgress
 from localimg.errors import (
     OUT_OF_MEMORY,
@@ -265,6 +266,30 @@ def test_an_error_in_a_batched_call_goes_to_every_request():
     assert (
         engine.metrics.registry.get_sample_value("localimg_errors_total", {"model": "m", "code": "out_of_memory"}) == 3
     )
+
+
+def test_the_workers_log_lines_carry_the_ids_of_the_requests_in_the_batch(caplog: pytest.LogCaptureFixture):
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.05)
+
+    async def one_request(request_id: str) -> None:
+        request_context.request_id.set(request_id)  # what the HTTP middleware does, per request task
+        with pytest.raises(GenerationError):
+            await engine.generate(plan(1), client=request_id)
+
+    async def test() -> None:
+        backend.fail_with = GenerationError("boom")
+        await asyncio.gather(one_request("req-a"), one_request("req-b"))
+
+    caplog.set_level("INFO", logger="localimg.service.engine")
+    caplog.handler.addFilter(request_context.RequestIdFilter())  # as the server's log handler has it
+    try:
+        run(test)
+    finally:
+        engine.close()
+    worker_lines = {r.getMessage(): r.request_id for r in caplog.records if r.threadName != "MainThread"}
+    assert worker_lines["batch failed: boom"] == "req-a,req-b"
+    assert worker_lines["batch model=m jobs=2 images=2"] == "req-a,req-b"
 
 
 def test_shutdown_refuses_new_jobs_and_answers_queued_ones():
