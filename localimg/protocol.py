@@ -37,6 +37,9 @@ class _ImageParams(BaseModel):
     partial_images: int | None = Field(default=None, ge=0, le=3)
     user: str | None = None
     safety_identifier: str | None = None
+    # gpt-image-2.5's planning effort, independent of quality. No local model plans before it draws, so it is
+    # accepted and has no effect (the spec allows exactly this), keeping apps written for 2.5 working.
+    complexity: Literal["low", "medium", "high"] | None = None
     # Extensions: not OpenAI parameters.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     negative_prompt: str | None = None

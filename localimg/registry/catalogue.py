@@ -22,6 +22,7 @@ File format (every key is documented in README.md):
     low = { steps = 2, guidance = 0.0 }
     medium = { steps = 4, guidance = 0.0 }
     high = { steps = 8, guidance = 0.0, max_sequence_length = 512 }
+    xhigh = { steps = 12 }                            # optional xhigh / max (gpt-image-2.5): high's keys, more steps
 
 Anything left out comes from the family's defaults below. Relative paths are relative to the file.
 
@@ -53,6 +54,7 @@ from localimg.registry.optimize import OptimizeSettings, parse_optimize
 from localimg.registry.values import (
     DEVICE_KINDS,
     DTYPES,
+    EXTRA_QUALITY_LEVELS,
     FAMILIES,
     QUALITY_LEVELS,
     Family,
@@ -384,35 +386,40 @@ def _describe(limits: SizeLimits) -> str:
 def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) -> tuple[dict[str, QualityPreset], str]:
     if not isinstance(value, dict):
         raise RegistryError(f"{ctx}: quality must be a table")
-    reject_unknown(value, {"auto", *QUALITY_LEVELS}, ctx.split(": ")[0], f"{ctx.split(': ')[1]} quality")
+    reject_unknown(value, {"auto", *QUALITY_LEVELS, *EXTRA_QUALITY_LEVELS}, ctx, "quality")
     presets = dict(defaults)
     for level in QUALITY_LEVELS:
-        if level not in value:
-            continue
-        table = value[level]
-        if not isinstance(table, dict):
-            raise RegistryError(f"{ctx}: quality.{level} must be a table like {{ steps = 28, guidance = 3.5 }}")
-        reject_unknown(
-            table, {"steps", "guidance", "max_sequence_length"}, ctx.split(": ")[0],
-            f"{ctx.split(': ')[1]} quality.{level}",
-        )  # fmt: skip
-        steps = table.get("steps", defaults[level].steps)
-        guidance = table.get("guidance", defaults[level].guidance)
-        max_seq = table.get("max_sequence_length")
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 500:
-            raise RegistryError(f"{ctx}: quality.{level}.steps must be an integer in 1..500")
-        if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 0:
-            raise RegistryError(f"{ctx}: quality.{level}.guidance must be a number >= 0")
-        if max_seq is not None and (
-            not isinstance(max_seq, int) or isinstance(max_seq, bool) or not 1 <= max_seq <= 512
-        ):
-            # 512 is T5's trained length in FLUX and SD3; the CLIP-only families do not use it.
-            raise RegistryError(f"{ctx}: quality.{level}.max_sequence_length must be an integer in 1..512")
-        presets[level] = QualityPreset(steps=steps, guidance=float(guidance), max_sequence_length=max_seq)
+        if level in value:
+            presets[level] = _parse_preset(value[level], defaults[level], f"{ctx}: quality.{level}")
+    for level in EXTRA_QUALITY_LEVELS:
+        if level in value:
+            # "high" with more steps unless it says otherwise; the steps are what make it a higher level.
+            high = replace(presets["high"], steps=0)
+            presets[level] = _parse_preset(value[level], high, f"{ctx}: quality.{level}")
     auto = value.get("auto", "medium")
-    if auto not in QUALITY_LEVELS:
-        raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(QUALITY_LEVELS)}")
+    if auto not in presets:
+        raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(presets)}")
     return presets, auto
+
+
+def _parse_preset(table: Any, default: QualityPreset, ctx: str) -> QualityPreset:
+    """One `{ steps, guidance, max_sequence_length }` table over `default` (steps 0: the table must name them)."""
+    if not isinstance(table, dict):
+        raise RegistryError(f"{ctx} must be a table like {{ steps = 28, guidance = 3.5 }}")
+    reject_unknown(table, {"steps", "guidance", "max_sequence_length"}, *ctx.rsplit(": ", 1))
+    if not default.steps and "steps" not in table:
+        raise RegistryError(f"{ctx}.steps is required")
+    steps = table.get("steps", default.steps)
+    guidance = table.get("guidance", default.guidance)
+    max_seq = table.get("max_sequence_length", default.max_sequence_length)
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 500:
+        raise RegistryError(f"{ctx}.steps must be an integer in 1..500")
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 0:
+        raise RegistryError(f"{ctx}.guidance must be a number >= 0")
+    if max_seq is not None and (not isinstance(max_seq, int) or isinstance(max_seq, bool) or not 1 <= max_seq <= 512):
+        # 512 is T5's trained length in FLUX and SD3; the CLIP-only families do not use it.
+        raise RegistryError(f"{ctx}.max_sequence_length must be an integer in 1..512")
+    return QualityPreset(steps=steps, guidance=float(guidance), max_sequence_length=max_seq)
 
 
 def _check_references(models: Mapping[str, ModelSpec], where: str) -> None:

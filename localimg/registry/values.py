@@ -12,7 +12,9 @@ from localimg.errors import RegistryError
 
 Family = Literal["flux", "sd15", "sdxl", "sd3"]
 FAMILIES: tuple[Family, ...] = ("flux", "sd15", "sdxl", "sd3")
-QUALITY_LEVELS = ("low", "medium", "high")
+QUALITY_LEVELS = ("low", "medium", "high")  # every model has these (the family's defaults fill the gaps)
+# gpt-image-2.5's levels above "high": served only by models whose models.toml defines them.
+EXTRA_QUALITY_LEVELS = ("xhigh", "max")
 DEVICE_KINDS = ("cuda", "mps", "cpu")
 DTYPES = ("float32", "float16", "bfloat16")
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")

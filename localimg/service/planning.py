@@ -82,7 +82,7 @@ class ImageJob:
     api_style: ApiStyle
     plan: GenerationPlan
     size: ImageSize
-    quality: str  # the resolved preset name: low | medium | high
+    quality: str  # the resolved preset name: low | medium | high (| xhigh | max where models.toml has them)
     output: OutputOptions
     response_format: ResponseFormat
     safety_identifier: str | None

@@ -35,13 +35,13 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-6"
+BUILD_VERSION = "tiny-models-7"
 VAE_SEED = 7
 MARKER = ".complete"
 
 OPENAI_ALIASES = (
     "gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-1.5", "gpt-image-1", "gpt-image-1-mini",
-    "chatgpt-image-latest", "dall-e-3", "dall-e-2",
+    "chatgpt-image-latest", "dall-e-3", "dall-e-2", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare",
 )  # fmt: skip
 
 CLIP_HIDDEN = 32
@@ -125,7 +125,7 @@ def models_toml() -> str:
         seq = "" if entry.max_sequence_length is None else f", max_sequence_length = {entry.max_sequence_length}"
         presets = "\n".join(
             f"{level} = {{ steps = {steps}, guidance = {entry.guidance}{seq} }}"
-            for level, steps in (("low", 1), ("medium", 2), ("high", 3))
+            for level, steps in (("low", 1), ("medium", 2), ("high", 3), ("xhigh", 4), ("max", 5))
         )
         parts.append(
             f"""

@@ -113,6 +113,19 @@ def test_quality_is_echoed_resolved(client: OpenAI, quality: str, resolved: str)
     assert result.quality == resolved
 
 
+def test_an_app_written_for_gpt_image_2_5_keeps_working(client: OpenAI):
+    """Its model names, its `complexity` (no effect here) and its levels above high, which run more steps."""
+    images = {}
+    for quality in ("high", "xhigh", "max"):
+        result = client.images.generate(
+            model="gpt-image-2.5-flare", prompt=PROMPT, size="256x256", quality=quality, complexity="high",
+            extra_body={"seed": 5},
+        )  # fmt: skip
+        assert result.quality == quality
+        images[quality] = np.asarray(decode(result.data[0].b64_json, "png", (256, 256)), dtype=np.int16)
+    assert np.abs(images["xhigh"] - images["high"]).max() > 0 and np.abs(images["max"] - images["xhigh"]).max() > 0
+
+
 def test_extensions_pass_through_extra_body(client: OpenAI):
     result = client.images.generate(
         model="tiny-sd15",

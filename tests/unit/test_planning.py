@@ -23,6 +23,11 @@ REGISTRY = Registry.from_dict(
                 "quality": {"auto": "medium", "low": {"steps": 4}, "medium": {"steps": 8}, "high": {"steps": 16}},
             },
             "sd15": {"family": "sd15", "source": {"path": "/nowhere/sd15"}},
+            "flux-2.5": {
+                "family": "flux",
+                "source": {"path": "/nowhere/flux"},
+                "quality": {"xhigh": {"steps": 60}, "max": {"steps": 80}},
+            },
         },
     },
     base_dir=Path("/"),
@@ -105,6 +110,21 @@ def test_quality_presets(quality, steps):
 def test_quality_rejected_for_gpt_image(quality):
     err = rejects("quality", "invalid_value", quality=quality)
     assert "'low', 'medium', 'high', and 'auto'" in err.message
+
+
+@pytest.mark.parametrize(("quality", "steps"), [("high", 50), ("xhigh", 60), ("max", 80)])
+def test_levels_above_high_run_where_the_model_defines_them(quality, steps):
+    job = plan(model="flux-2.5", quality=quality)
+    assert (job.quality, job.plan.steps) == (quality, steps)
+    err = rejects("quality", "invalid_value", model="flux-2.5", quality="ultra")
+    assert "'low', 'medium', 'high', 'xhigh', 'max', and 'auto'" in err.message
+
+
+@pytest.mark.parametrize("complexity", ["low", "medium", "high"])
+def test_complexity_is_accepted_and_changes_nothing(complexity):
+    assert plan(complexity=complexity).plan == plan().plan
+    with pytest.raises(ValueError, match="complexity"):
+        ImageGenerateRequest(prompt="x", complexity="extreme")
 
 
 def test_dalle3_rules():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from localimg.errors import RegistryError
-from localimg.registry import ImageSize, Registry
+from localimg.registry import ImageSize, QualityPreset, Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,18 @@ def test_minimal_file_takes_family_defaults(tmp_path):
     assert spec.default_size == ImageSize(1024, 1024)
     assert spec.quality["medium"].steps == 28 and spec.auto_quality == "medium"
     assert spec.limits.multiple_of == 16 and not spec.allow_pickle
+
+
+def test_levels_above_high_are_served_only_where_defined_and_default_to_high_with_more_steps(tmp_path):
+    spec = load(tmp_path, MINIMAL).resolve("flux")
+    assert list(spec.quality) == ["low", "medium", "high"]
+    text = MINIMAL + "[models.flux.quality]\nhigh = { steps = 40, guidance = 4.0, max_sequence_length = 256 }\n"
+    spec = load(
+        tmp_path, text + 'xhigh = { steps = 60 }\nmax = { steps = 80, guidance = 5.0 }\nauto = "xhigh"\n'
+    ).default
+    assert list(spec.quality) == ["low", "medium", "high", "xhigh", "max"] and spec.auto_quality == "xhigh"
+    assert spec.quality["xhigh"] == QualityPreset(steps=60, guidance=4.0, max_sequence_length=256)
+    assert spec.quality["max"] == QualityPreset(steps=80, guidance=5.0, max_sequence_length=256)
 
 
 def test_aliases_resolve(tmp_path):
@@ -110,6 +122,8 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL + "[models.flux.quality]\nmedium = { steps = 0 }\n", ["quality.medium.steps"]),
         (MINIMAL + "[models.flux.quality]\nultra = { steps = 4 }\n", ["quality", "'ultra'"]),
         (MINIMAL + '[models.flux.quality]\nauto = "best"\n', ["quality.auto", "best"]),
+        (MINIMAL + "[models.flux.quality]\nxhigh = { guidance = 4.0 }\n", ["quality.xhigh.steps is required"]),
+        (MINIMAL + '[models.flux.quality]\nauto = "max"\n', ["quality.auto", "'max'"]),
         (MINIMAL + 'dtype = { cuda = "fp8" }\n', ["dtype.cuda", "fp8"]),
         (MINIMAL + "max_batch = 0\n", ["max_batch"]),
         (MINIMAL + 'allow_pickle = "yes"\n', ["allow_pickle must be true or false"]),
@@ -146,7 +160,7 @@ def test_shipped_models_toml_is_valid():
     registry = Registry.load(REPO_ROOT / "models.toml")
     families = {spec.family for spec in registry}
     assert families == {"flux", "sd15", "sdxl", "sd3"}
-    for alias in ("gpt-image-2", "gpt-image-1.5", "gpt-image-1", "dall-e-3", "dall-e-2"):
+    for alias in ("gpt-image-2", "gpt-image-2.5-flare", "gpt-image-1.5", "gpt-image-1", "dall-e-3", "dall-e-2"):
         assert registry.resolve(alias) is registry.default
 
 
