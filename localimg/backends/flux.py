@@ -26,6 +26,7 @@ input at every step). Two checkpoint variants, declared with `variant` in models
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from diffusers import (
@@ -90,7 +91,7 @@ class FluxKontextAdapter(FluxAdapter):
             # tokens at the output's count. (`_auto_resize` is in the 0.42 signature and docs.)
             kwargs["max_area"] = first.width * first.height
             kwargs["_auto_resize"] = False
-            reference = fit_area(side_by_side(first.edit.images), first.width * first.height)
+            reference = reference_row(first.edit.images, first.width * first.height)
             kwargs["image_reference"] = [reference] * len(plans)
         return kwargs
 
@@ -120,26 +121,24 @@ class FluxFillAdapter(FluxAdapter):
         return kwargs
 
 
-def side_by_side(images: Sequence[Image.Image]) -> Image.Image:
-    """The images in a row, each scaled to the first one's height (one image: itself)."""
-    if len(images) == 1:
-        return images[0]
-    height = images[0].height
-    scaled = [image.convert("RGB").resize((max(1, round(image.width * height / image.height)), height),
-                                          Image.Resampling.LANCZOS) for image in images]  # fmt: skip
-    row = Image.new("RGB", (sum(image.width for image in scaled), height))
-    x = 0
-    for image in scaled:
-        row.paste(image, (x, 0))
-        x += image.width
+def reference_row(images: Sequence[Image.Image], pixels: int) -> Image.Image:
+    """The images side by side at one height, about `pixels` in all (sides multiples of 16).
+
+    The row's size is worked out before any image is scaled, and each image is scaled once into its slot, so the
+    memory this takes is bounded by `pixels` whatever the inputs' shapes (a tall image next to a wide one would
+    otherwise make a row thousands of times the output's size).
+    """
+    aspects = [image.width / image.height for image in images]
+    total = sum(aspects)
+    height = (pixels / total) ** 0.5
+    row_height = max(16, int(height) // 16 * 16)
+    row_width = max(16, int(height * total) // 16 * 16)
+    edges = [round(row_width * sum(aspects[:i]) / total) for i in range(len(images) + 1)]
+    row = Image.new("RGB", (row_width, row_height))
+    for image, (left, right) in zip(images, pairwise(edges), strict=True):
+        slot = (max(1, right - left), row_height)
+        row.paste(image.convert("RGB").resize(slot, Image.Resampling.LANCZOS), (left, 0))
     return row
-
-
-def fit_area(image: Image.Image, pixels: int) -> Image.Image:
-    """`image` scaled to about `pixels` pixels, keeping its aspect (sides rounded down to multiples of 16)."""
-    scale = (pixels / (image.width * image.height)) ** 0.5
-    size = (max(16, int(image.width * scale) // 16 * 16), max(16, int(image.height * scale) // 16 * 16))
-    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def flux_variant_adapter(variant: str) -> FamilyAdapter:

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from localimg.backends.base import EditInputs, GenerationPlan
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
+from localimg.backends.flux import reference_row
 from localimg.registry import Registry
 
 FAMILIES = ("tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3")
@@ -176,6 +177,20 @@ def test_unload_drops_the_edit_pipelines(registry: Registry):
 
 
 # --- FLUX.1 Kontext ----------------------------------------------------------------------------------------
+
+
+def test_the_reference_row_is_sized_before_its_images_are_scaled():
+    """A tall image next to wide ones used to be scaled to a row of tens of megapixels first; now the row is
+    about the output's area whatever the shapes, and each image keeps its place and aspect."""
+    red, blue = Image.new("RGB", (100, 4000), (255, 0, 0)), Image.new("RGB", (4000, 100), (0, 0, 255))
+    row = reference_row([red, blue, blue, blue], 1024 * 1024)
+    assert row.width % 16 == 0 and row.height % 16 == 0 and row.width * row.height <= 1024 * 1024
+    pixels = np.asarray(row)
+    assert (pixels[:, 0] == (255, 0, 0)).all() and (pixels[:, -1] == (0, 0, 255)).all()
+    red_width = int((pixels[0, :, 0] > 128).sum())
+    assert abs(red_width / row.width - (1 / 40) / (1 / 40 + 3 * 40)) < 0.01
+    single = reference_row([Image.new("RGB", (3000, 2000))], 1024 * 1024)
+    assert single.size == (1248, 832)
 
 
 def test_kontext_is_declared_with_references(kontext: DiffusersBackend):
