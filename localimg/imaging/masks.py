@@ -53,10 +53,12 @@ def edit_region_from_alpha(image: Image.Image) -> Image.Image | None:
     return None if alpha is None else _transparent(alpha)
 
 
-def resize_region(region: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """`region` scaled to `size` with nearest-neighbour sampling, so it stays strictly 0/255."""
+def resize_region(
+    region: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> Image.Image:
+    """`region` (or its `box` part) scaled to `size` with nearest-neighbour sampling, so it stays strictly 0/255."""
     region = region if region.mode == "L" else region.convert("L")
-    return region if region.size == tuple(size) else region.resize(size, Image.Resampling.NEAREST)
+    return region if region.size == tuple(size) else region.resize(size, Image.Resampling.NEAREST, box=box)
 
 
 def keep_outside(original: Image.Image, generated: Image.Image, region: Image.Image) -> Image.Image:

@@ -115,13 +115,15 @@ def plan_edit(
         request.output_format, request.output_compression, request.background, request.prompt, cutout=cutout
     )
     strength = request.strength or STRENGTH[(request.input_fidelity or "low", region is not None)]
-    original = _at_size(first, size)
-    region_at_size = None if region is None else resize_region(region, (size.width, size.height))
+    crop = cover_box(first.size, size)
+    original = _cover(first, size, crop)
+    region_at_size = None if region is None else resize_region(region, (size.width, size.height), crop)
+    flat = flatten(original)
     edit = EditInputs(
-        images=(flatten(original), *(flatten(item.image) for item in images[1:])),
-        mask=region_at_size,
-        strength=strength,
+        images=(flat, *(flatten(item.image) for item in images[1:])), mask=region_at_size, strength=strength
     )
+    # What is copied back outside the mask: what the model saw, unless the output keeps the input's transparency.
+    kept = original if output.background == "transparent" else flat
     plan = build_plan(request, spec, size, quality, request.n or 1, stream, random_seed, edit)
     return ImageJob(
         spec=spec,
@@ -132,7 +134,7 @@ def plan_edit(
         output=output,
         response_format=resolve_response_format(request.response_format, style),
         safety_identifier=request.safety_identifier or request.user or None,
-        keep=None if region_at_size is None else KeepRegion(original=original, region=region_at_size),
+        keep=None if region_at_size is None else KeepRegion(original=kept, region=region_at_size),
         cutout=original if cutout else None,
         input_image_tokens=sum(image_tokens(ImageSize(*item.image.size)) for item in images),
         stream=stream,
@@ -209,7 +211,17 @@ def _model_for_images(images: Sequence[InputImage], spec: ModelSpec, registry: R
     return spec
 
 
-def _at_size(image: Image.Image, size: ImageSize) -> Image.Image:
+def cover_box(input_size: tuple[int, int], size: ImageSize) -> tuple[float, float, float, float]:
+    """The centred part of an input of `input_size` with the output's aspect ratio: what an edit at another
+    aspect keeps (cropped like a variation, never stretched)."""
+    width, height = input_size
+    scale = min(width / size.width, height / size.height)
+    crop_w, crop_h = size.width * scale, size.height * scale
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    return (left, top, left + crop_w, top + crop_h)
+
+
+def _cover(image: Image.Image, size: ImageSize, box: tuple[float, float, float, float]) -> Image.Image:
     if image.size == (size.width, size.height):
         return image
-    return image.resize((size.width, size.height), Image.Resampling.LANCZOS)
+    return image.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box)

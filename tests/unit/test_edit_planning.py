@@ -97,6 +97,34 @@ def test_mask_becomes_the_region_and_kept_pixels():
     assert job.keep is not None and job.keep.original.size == (1024, 1024)
 
 
+def test_an_input_of_another_aspect_is_cropped_to_the_output_never_stretched():
+    # A 1024x512 landscape: a black left quarter, a white centre half, a black right quarter.
+    wide = Image.new("RGB", (1024, 512), (0, 0, 0))
+    wide.paste((255, 255, 255), (256, 0, 768, 512))
+    mask = Image.new("RGBA", (1024, 512), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (512, 0, 1024, 512))  # repaint the right half
+    job = edit(images=[InputImage("image", wide)], mask=InputImage("mask", mask), size="1024x1024")
+    start, region = job.plan.edit.images[0], job.plan.edit.mask
+    # The centre 512x512 square scaled up: white, nothing squeezed in from the sides (the resampling filter
+    # reaches a few pixels past the crop at its edges).
+    assert start.size == (1024, 1024) and start.crop((8, 0, 1016, 1024)).getextrema() == ((255, 255),) * 3
+    # The mask is cropped the same way: its edge stays at the centre of the picture.
+    assert region.getpixel((500, 500)) == 0 and region.getpixel((530, 500)) == 255
+    portrait = edit(images=[image(300, 900)], size="1024x1024").plan.edit.images[0]
+    assert portrait.size == (1024, 1024)
+
+
+def test_kept_pixels_are_what_the_model_saw_unless_the_output_keeps_transparency():
+    # Transparent pixels of a PNG hold some colour (black here) that no viewer shows.
+    logo = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+    logo.paste((200, 40, 40, 255), (128, 128, 384, 384))
+    opaque = edit(images=[InputImage("image", logo)], mask=transparent_mask())
+    assert opaque.keep.original.mode == "RGB" and opaque.keep.original.getpixel((500, 5)) == (255, 255, 255)
+    assert opaque.keep.original.tobytes() == opaque.plan.edit.images[0].tobytes()
+    transparent = edit(images=[InputImage("image", logo)], mask=transparent_mask(), background="transparent")
+    assert transparent.keep.original.mode == "RGBA" and transparent.keep.original.getpixel((500, 5))[3] == 0
+
+
 def test_image_alpha_is_the_mask_without_a_mask_on_dall_e_2_only():
     rgba = Image.new("RGBA", (512, 512), (5, 5, 5, 255))
     rgba.paste((0, 0, 0, 0), (0, 0, 100, 100))
