@@ -1,4 +1,4 @@
-"""Uploaded image bytes -> a checked, upright PIL image ("RGB", or "RGBA" when the file carries any alpha).
+"""Uploaded image bytes -> a checked, upright sRGB PIL image ("RGB", or "RGBA" when the file carries any alpha).
 
 The format is sniffed from magic bytes, never from the declared content type: the SDKs send raw `bytes` uploads
 as `application/octet-stream`. Dimensions are read from the header and checked before any pixel is decoded, so
@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from localimg.errors import InvalidRequestError
 
@@ -26,6 +26,7 @@ _PNG = ("PNG", "image/png")
 _JPEG = ("JPEG", "image/jpeg")
 _WEBP = ("WEBP", "image/webp")
 _SUPPORTED = "Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'."
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
             image = Image.open(io.BytesIO(data), formats=[pil_format])
     except Image.DecompressionBombError as exc:
         raise _invalid(param, f"the image has too many pixels ({exc}).", "image_too_large") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError as exc:  # its message names an in-memory buffer, nothing the client sent
+        raise _invalid(param, f"the file is not a valid {mime} image.", "invalid_image_file") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _invalid(param, f"the file is not a valid {mime} image ({exc}).", "invalid_image_file") from exc
     _check_dimensions(image.size, param, limits)
     try:
@@ -82,7 +85,8 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         # truncated or corrupt pixel data ("image file is truncated", "broken data stream", ...)
         raise _invalid(param, f"the {mime} file is truncated or corrupt ({exc}).", "invalid_image_file") from exc
-    return _normalise_mode(_upright(image))
+    icc = image.info.get("icc_profile")
+    return _in_srgb(_upright(image), icc)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -119,10 +123,57 @@ def _check_dimensions(size: tuple[int, int], param: str, limits: InputLimits) ->
         )
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
+def _in_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """RGB(A) pixels in sRGB, the space models were trained in and untagged output is shown in.
+
+    A photo from a Display P3 phone or an Adobe RGB camera, or a CMYK print file, is converted through its
+    embedded profile; read as sRGB its colours would shift (and the kept part of a masked edit with them).
+    sRGB-tagged and untagged files keep their exact values, and a profile that cannot be used leaves the pixels
+    as stored rather than failing the upload.
+    """
+    profile = _profile(icc)
+    if profile is not None and image.mode == "CMYK":
+        converted = _convert(image, profile, "RGB")
+        if converted is not None:
+            return converted
+    image = _rgb_or_rgba(image)
+    if profile is None:
+        return image
+    return _convert(image, profile, image.mode) or image
+
+
+def _profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
+    """The embedded profile when it is one worth converting from (not sRGB itself, not unreadable)."""
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(profile)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+    return None if "srgb" in description.lower() else profile
+
+
+def _convert(image: Image.Image, profile: ImageCms.ImageCmsProfile, mode: str) -> Image.Image | None:
+    try:
+        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):  # e.g. a grey profile on colour pixels
+        return None
+    converted.info.pop("icc_profile", None)
+    return converted
+
+
+def _rgb_or_rgba(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-        # 16-bit greyscale PNG: convert("RGB") would clip every value above 255 to white.
-        image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8), mode="L")
+        # 16-bit greyscale PNG: convert("RGB") would clip every value above 255 to white. A tRNS entry names one
+        # 16-bit grey value as transparent; it becomes an alpha channel before the values are shifted.
+        values = np.asarray(image, dtype=np.uint32)
+        grey = Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+        if "transparency" not in image.info:
+            image = grey
+        else:
+            alpha = np.where(values == image.info["transparency"], 0, 255).astype(np.uint8)
+            image = Image.merge("LA", (grey, Image.fromarray(alpha, mode="L")))
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     target = "RGBA" if has_alpha else "RGB"
     return image if image.mode == target else image.convert(target)

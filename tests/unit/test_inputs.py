@@ -7,8 +7,9 @@ import struct
 import time
 import zlib
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from localimg.errors import InvalidRequestError
 from localimg.imaging.inputs import InputLimits, decode_image
@@ -86,7 +87,8 @@ def test_empty_file():
 def test_corrupt_bytes_after_a_valid_signature(fmt):
     data = encoded(gradient(), fmt)
     garbage = data[:16] + bytes(range(256)) * 4
-    rejects(garbage, "invalid_image_file")
+    error = rejects(garbage, "invalid_image_file")
+    assert "BytesIO" not in error.message and " at 0x" not in error.message  # nothing of the server's objects
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
@@ -198,6 +200,53 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped():
     source = Image.new("I;16", (32, 32), 0x8000)
     image = decode_image(encoded(source, "PNG"), param="image")
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_sixteen_bit_greyscale_with_a_transparent_value_keeps_its_transparency():
+    values = np.full((32, 32), 0x8000, dtype=np.uint16)
+    values[:, :16] = 0x1234
+    source = Image.fromarray(values)  # mode I;16
+    image = decode_image(encoded(source, "PNG", transparency=0x1234), param="image")
+    assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0 and image.getpixel((20, 0)) == (128,) * 3 + (255,)
+
+
+def wide_gamut_profile() -> bytes:
+    """A minimal ICC v2 matrix/TRC RGB profile with Display P3's primaries (D50-adapted) and gamma 2.2."""
+
+    def fixed(*values: float) -> bytes:
+        return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+    xyz = lambda x, y, z: b"XYZ \0\0\0\0" + fixed(x, y, z)  # noqa: E731
+    gamma = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.2 * 256)) + b"\0\0"
+    name = b"P3-like"
+    description = b"desc\0\0\0\0" + struct.pack(">I", len(name) + 1) + name + b"\0" * 80
+    tags = {b"desc": description, b"wtpt": xyz(0.9642, 1.0, 0.8249), b"rXYZ": xyz(0.5151, 0.2412, -0.0011),
+            b"gXYZ": xyz(0.2920, 0.6922, 0.0419), b"bXYZ": xyz(0.1571, 0.0666, 0.7841),
+            b"rTRC": gamma, b"gTRC": gamma, b"bTRC": gamma}  # fmt: skip
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags.items():
+        data += b"\0" * (-len(data) % 4)
+        table, body = table + signature + struct.pack(">II", offset + len(body), len(data)), body + data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 28 + fixed(0.9642, 1.0, 0.8249) + b"\0" * 48)  # fmt: skip
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_a_wide_gamut_photo_is_converted_to_srgb_through_its_profile(fmt):
+    # A green as a Display P3 phone stores it; a colour-managed viewer shows it as about sRGB (0, 185, 77).
+    source = Image.new("RGB", (32, 32), (60, 180, 90))
+    image = decode_image(encoded(source, fmt, icc_profile=wide_gamut_profile(), quality=100), param="image")
+    red, green, blue = image.getpixel((16, 16))
+    assert red < 20 and abs(green - 185) <= 3 and abs(blue - 77) <= 4
+
+
+def test_srgb_tagged_and_unusable_profiles_keep_the_exact_values():
+    source = gradient()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb, b"not a profile"):
+        assert decode_image(encoded(source, "PNG", icc_profile=icc), param="image").tobytes() == source.tobytes()
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
