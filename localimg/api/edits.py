@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from localimg.api.disconnect import cancel_on_disconnect
 from localimg.api.errors import openai_validation_error
@@ -55,10 +56,16 @@ async def create_image_variation(request: Request) -> ImagesResponse:
         raise InvalidRequestError(
             "/images/variations takes multipart/form-data with an 'image' file.", code="invalid_content_type"
         )
-    form = await _form(request, max_files=1)
+    form = await _form(request, max_files=_MAX_FILE_PARTS)
     fields, files = await _split(form, allowed_files={"image"}, request_model=ImageVariationRequest)
     if "image" not in files:
         raise _missing("image")
+    if len(files["image"]) > 1:
+        raise InvalidRequestError(
+            f"Variations take exactly one 'image' file; got {len(files['image'])}.",
+            param="image",
+            code="too_many_images",
+        )
     body = _validated(ImageVariationRequest, fields, strict=False)
     variation = service_of(request).variation(body, files["image"][0], url_base=files_url(request))
     return await cancel_on_disconnect(request, variation)
@@ -139,7 +146,8 @@ def _referenced_bytes(ref: Any, param: str) -> bytes:
             code="invalid_image_url",
         )
     try:
-        return base64.b64decode(match["data"], validate=True)
+        # Line-wrapped base64 (MIME encoders, Python's encodebytes) is still base64.
+        return base64.b64decode(re.sub(r"\s+", "", match["data"]), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError(
             f"Invalid '{param}': the data URL is not valid base64.", param=param, code="invalid_image_url"
@@ -185,7 +193,10 @@ async def _form(request: Request, *, max_files: int) -> FormData:
             "Expected a multipart/form-data body (as the OpenAI SDKs send) or application/json.",
             code="invalid_content_type",
         )
-    return await request.form(max_files=max_files, max_fields=100)
+    try:
+        return await request.form(max_files=max_files, max_fields=100)
+    except HTTPException as exc:  # Starlette's multipart parser: a malformed body, or too many parts
+        raise InvalidRequestError(f"Invalid multipart/form-data body: {exc.detail}", code="invalid_multipart") from None
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

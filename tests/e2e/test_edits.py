@@ -108,6 +108,31 @@ def test_without_a_mask_dall_e_2_edits_the_transparent_pixels_and_gpt_models_the
     assert np.abs(edited[:, 128:] - pixels(source)[:, 128:]).mean() > 5, "the opaque half was not edited"
 
 
+def test_a_masked_edit_of_a_logo_with_an_opaque_output_keeps_what_the_model_saw(client: OpenAI):
+    # Transparent pixels of a PNG hold a colour no viewer shows (black here, as most editors save them).
+    logo = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    ImageDraw.Draw(logo).ellipse((16, 16, 240, 240), fill=(30, 90, 200, 255))  # around the mask's hole
+    result = client.images.edit(model="tiny-sd15", image=png_bytes(logo), mask=png_bytes(hole_mask()), prompt=PROMPT)
+    assert result.background == "opaque"
+    edited = pixels(decode(result.data[0].b64_json, "png", (256, 256)))
+    assert (edited[:12, :12] == 255).all(), "the logo's transparent corner came back in its hidden colour"
+    assert (edited[128, 30] == (30, 90, 200)).all()
+
+
+def test_an_input_of_another_aspect_is_cropped_not_stretched(client: OpenAI):
+    # A 512x256 picture with a white centre square between black sides, edited at 256x256 with a small hole to
+    # repaint: the kept pixels are the centre square's, not the whole picture squeezed (black sides 64 px wide).
+    wide = Image.new("RGB", (512, 256), (0, 0, 0))
+    wide.paste((255, 255, 255), (128, 0, 384, 256))
+    mask = Image.new("RGBA", (512, 256), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (240, 112, 272, 144))
+    result = client.images.edit(
+        model="tiny-sd15", image=png_bytes(wide), mask=png_bytes(mask), prompt=PROMPT, size="256x256"
+    )
+    edited = pixels(decode(result.data[0].b64_json, "png", (256, 256)))
+    assert (edited[:96, 4:252] == 255).all() and (edited[160:, 4:252] == 255).all()
+
+
 def test_mask_of_the_wrong_size_is_rejected(client: OpenAI):
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(image=png_bytes(picture()), mask=png_bytes(hole_mask(128, 128)), prompt=PROMPT)
@@ -319,6 +344,38 @@ def test_bad_fields_are_clear_400s(server, data: dict, files: dict, param: str, 
     assert error["param"] == param
     if code:
         assert error["code"] == code
+
+
+def test_line_wrapped_base64_in_a_data_url_is_accepted(server):
+    url = "data:image/png;base64," + base64.encodebytes(png_bytes(picture())).decode()  # a newline every 76
+    response = httpx.post(
+        f"{server.root}/v1/images/edits",
+        json={"model": "tiny-sd15", "prompt": PROMPT, "images": [{"image_url": url}]},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_malformed_multipart_body_is_an_openai_error(server):
+    response = httpx.post(
+        f"{server.root}/v1/images/edits", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_multipart"
+
+
+def test_variations_take_one_image(server):
+    files = [("image", (f"{i}.png", png_bytes(picture()), "image/png")) for i in range(2)]
+    response = httpx.post(f"{server.root}/v1/images/variations", files=files, timeout=60)
+    assert response.status_code == 400
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("image", "too_many_images")
+    mask = {
+        "image": ("a.png", png_bytes(picture()), "image/png"),
+        "mask": ("m.png", png_bytes(hole_mask()), "image/png"),
+    }
+    response = httpx.post(f"{server.root}/v1/images/variations", files=mask, timeout=60)
+    assert response.status_code == 400
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("mask", "unknown_parameter")
 
 
 def test_too_many_images(server):
