@@ -32,7 +32,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_preload(app, service, preload))
+        loading = asyncio.create_task(preload_and_warm_up(app, service, preload))
         try:
             yield
         finally:
@@ -69,14 +69,20 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
     return app
 
 
-async def _preload(app: FastAPI, service: ImageService, names: list[str]) -> None:
+async def preload_and_warm_up(app: FastAPI, service: ImageService, names: list[str]) -> None:
+    """Load (and warm up) the preloaded models, then end the loading state whatever happened: a failed load is
+    reported by /ready itself, and anything unexpected here must not leave /ready at "loading" forever."""
     app.state.preloaded = names
-    await service.engine.preload(names)
-    sizes = app.state.settings.warmup_sizes
-    if sizes:
-        await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
+    try:
+        await service.engine.preload(names)
+        sizes = app.state.settings.warmup_sizes
+        if sizes:
+            await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
+    except Exception:
+        log.exception("preloading failed")
+    else:
+        log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
     app.state.ready = True
-    log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
 
 
 class ArrivingRequestsMiddleware:

@@ -44,4 +44,7 @@ async def warm_up(engine: Engine, registry: Registry, models: list[str], sizes: 
             except LocalImgError as exc:
                 log.warning("warm-up of %s at %s failed: %s", name, size, exc.message)
                 continue
+            except Exception:  # a pipeline error at this size: the model may still serve others, so go on
+                log.exception("warm-up of %s at %s failed", name, size)
+                continue
             log.info("warmed up %s at %s in %.1f s", name, size, time.perf_counter() - started)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localimg.api.app import create_app
+from localimg.api.app import create_app, preload_and_warm_up
 from localimg.config import Settings
 from localimg.errors import ModelUnavailableError
 from localimg.registry import Registry
@@ -49,3 +49,26 @@ def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
         asyncio.run(asyncio.wait_for(scenario(), 20))
     finally:
         engine.close()
+
+
+def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: pytest.LogCaptureFixture):
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    backend = StandInBackend(name="m", steps=1)
+    backend.fail_with = ValueError("Height (512) cannot be greater than pos_embed_max_size")  # a pipeline's own
+    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
+    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    app = create_app(Settings(warmup_sizes=("512x512", "256x256")), service, preload=["m"])
+
+    async def scenario() -> None:
+        await preload_and_warm_up(app, service, ["m"])  # what the app's startup runs
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            assert (await client.get("/ready")).status_code == 200  # loaded: it serves what it can
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        engine.close()
+    failures = [r.getMessage() for r in caplog.records if "warm-up of m" in r.getMessage()]
+    assert failures == ["warm-up of m at 512x512 failed", "warm-up of m at 256x256 failed"]
