@@ -212,3 +212,29 @@ def test_single_file_errors(sd15: ModelSpec, tmp_path: Path, hf_cache: Path):
     checkpoint.write_bytes(b"")
     unavailable(with_source(sd15, file=checkpoint, config="acme/absent"), "acme/absent@main", "hf download acme/absent")
     unavailable(with_source(sd15, file=checkpoint, config=str(tmp_path)), "not a diffusers folder")
+
+
+def test_a_folder_of_another_family_or_variant_is_refused_before_loading(registry: Registry, tmp_path: Path):
+    """diffusers only warns while loading another pipeline's components; every request would then fail."""
+    sd15, flux, fill = (registry.resolve(name) for name in ("tiny-sd15", "tiny-flux", "tiny-flux-fill"))
+    assert sd15 is not None and flux is not None and fill is not None
+    error = unavailable(dataclasses.replace(sd15, family="sdxl"), "StableDiffusionPipeline", "set family = 'sd15'")
+    assert error.code == "model_kind_mismatch"
+    unavailable(with_source(flux, path=fill.source.path), "FluxFillPipeline", 'set variant = "fill"')
+    unavailable(with_source(fill, path=flux.source.path), 'remove variant = "fill"')
+    inpainting = shutil.copytree(sd15.source.path, tmp_path / "inpainting")
+    config = inpainting / "unet" / "config.json"
+    config.write_text(config.read_text().replace('"in_channels": 4', '"in_channels": 9'))
+    unavailable(with_source(sd15, path=inpainting), "an inpainting checkpoint")
+
+
+def test_a_pipeline_saved_without_an_optional_encoder_loads(registry: Registry, tmp_path: Path):
+    """SD3 packaged without T5 (model_index.json says `text_encoder_3: [null, null]`), as diffusers saves it."""
+    from diffusers import StableDiffusion3Pipeline
+
+    sd3 = registry.resolve("tiny-sd3")
+    assert sd3 is not None
+    pipeline = StableDiffusion3Pipeline.from_pretrained(str(sd3.source.path), text_encoder_3=None, tokenizer_3=None)
+    pipeline.save_pretrained(tmp_path / "no-t5")
+    assert '"text_encoder_3": [\n    null' in (tmp_path / "no-t5" / "model_index.json").read_text()
+    generates(with_source(sd3, path=tmp_path / "no-t5"))
