@@ -39,7 +39,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from localimg.backends.families import FamilyAdapter, flow_match_steps_run
+from localimg.backends.families import FamilyAdapter, SizeRule, flow_match_steps_run
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +59,10 @@ class FluxAdapter(FamilyAdapter):
     inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxInpaintPipeline
     takes_max_sequence_length: ClassVar[bool] = True
     steps_run = staticmethod(flow_match_steps_run)
+
+    def size_rule(self, pipe: DiffusionPipeline) -> SizeRule:
+        scale = pipe.vae_scale_factor
+        return SizeRule(multiple=2 * scale, why=f"FLUX packs 2x2 latent pixels of a VAE scaling by {scale}")
 
     def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
         kwargs = super().call_kwargs(plans)

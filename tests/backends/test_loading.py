@@ -238,3 +238,15 @@ def test_a_pipeline_saved_without_an_optional_encoder_loads(registry: Registry, 
     pipeline.save_pretrained(tmp_path / "no-t5")
     assert '"text_encoder_3": [\n    null' in (tmp_path / "no-t5" / "model_index.json").read_text()
     generates(with_source(sd3, path=tmp_path / "no-t5"))
+
+
+def test_limits_the_checkpoint_cannot_make_are_refused_at_load(registry: Registry):
+    """Each request at such a size would fail inside the pipeline; the operator hears it at load instead."""
+    sd3, flux = registry.resolve("tiny-sd3"), registry.resolve("tiny-flux")
+    assert sd3 is not None and flux is not None
+    # tiny-sd3's position embedding covers 128 positions of 2x2 patches of an 8x VAE: 2048 pixels a side.
+    too_large = dataclasses.replace(sd3, limits=dataclasses.replace(sd3.limits, max_side=4096))
+    error = unavailable(too_large, "at most 2048 pixels a side", "limits.max_side = 4096", present=True)
+    assert error.code == "model_limits_mismatch"
+    too_fine = dataclasses.replace(flux, limits=dataclasses.replace(flux.limits, multiple_of=8))
+    unavailable(too_fine, "multiples of 16", "limits.multiple_of = 8", present=True)
