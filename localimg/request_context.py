@@ -7,11 +7,23 @@ Context variables are per task, not per process, so two apps in one process (tes
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 request_id: ContextVar[str] = ContextVar("localimg_request_id", default="-")
 # The fairness identity: a short hash of the API key when keys are configured, else the remote address.
 client_id: ContextVar[str] = ContextVar("localimg_client_id", default="anonymous")
+
+
+@contextmanager
+def serving(request_ids: str) -> Iterator[None]:
+    """Log lines written inside carry `request_ids` (code run for requests outside their own task: the worker)."""
+    token = request_id.set(request_ids)
+    try:
+        yield
+    finally:
+        request_id.reset(token)
 
 
 class RequestIdFilter(logging.Filter):

@@ -12,7 +12,7 @@ import torch
 
 from localimg.backends.base import StepProgress
 from localimg.backends.device import choose_dtype, cuda_capability, release_memory, torch_device, torch_dtype
-from localimg.backends.families import SizeRule, adapter_for
+from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
 from localimg.backends.optimizations import optimize_pipeline, warm_up
 from localimg.backends.previews import DenoisingTap, decode_preview
@@ -81,7 +81,6 @@ class DiffusersBackend:
         clock = _PhaseClock()
         pipe = load_pipeline(self.spec, self.adapter.pipeline_class, torch_dtype(self.dtype))
         clock.lap("read")
-        check_limits(self.spec, self.adapter.size_rule(pipe))
         fits = True
         try:
             pipe.to(torch_device(self.device))
@@ -200,7 +199,13 @@ class DiffusersBackend:
                 output_type="pil",
                 callback_on_step_end=callback,
             )
-        return [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
+        images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
+        for image in images:
+            # Loading checked that the checkpoint makes every size its limits admit (backends/checkpoint.py).
+            if image.size != (width, height):
+                raise GenerationError(f"{self.spec.name} produced {image.width}x{image.height} for a {width}x{height} "
+                                      "request", code="invalid_size")  # fmt: skip
+        return images
 
     def _step_cache_scope(self, pipe: DiffusionPipeline) -> AbstractContextManager[None]:
         if self.optimizations is None or self.optimizations.step_cache == "off":
@@ -243,26 +248,6 @@ class _PhaseClock:
         now = time.perf_counter()
         self.phases[phase] = now - self._last
         self._last = now
-
-
-def check_limits(spec: ModelSpec, rule: SizeRule) -> None:
-    """Refuse a checkpoint that cannot make every size models.toml lets clients ask for: each such request would
-    otherwise fail inside the pipeline, after its place in the queue. Real checkpoints meet the family defaults;
-    this catches other geometries (small test models, other VAEs) at load, with the setting to change."""
-    limits = spec.limits
-    if limits.multiple_of % rule.multiple:
-        raise ModelUnavailableError(
-            f"model {spec.name!r}: this checkpoint makes sides that are multiples of {rule.multiple} ({rule.why}), "
-            f"but models.toml has limits.multiple_of = {limits.multiple_of}; set it to a multiple of {rule.multiple}.",
-            code="model_limits_mismatch",
-        )
-    if rule.max_side is not None and limits.max_side > rule.max_side:
-        raise ModelUnavailableError(
-            f"model {spec.name!r}: this checkpoint makes images at most {rule.max_side} pixels a side ({rule.why}), "
-            f"but models.toml has limits.max_side = {limits.max_side}; set limits.max_side (and default_size) "
-            f"within {rule.max_side}.",
-            code="model_limits_mismatch",
-        )
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

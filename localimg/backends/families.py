@@ -14,7 +14,6 @@ schedule runs fewer steps runs those (at least one, never 0: strength is clamped
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -30,16 +29,6 @@ MAX_SCHEDULE = 1000
 MIN_STRENGTH = 1 / MAX_SCHEDULE  # the pipelines fail on a call that runs no step, so strength 0 runs one tiny step
 
 
-@dataclass(frozen=True)
-class SizeRule:
-    """The image sizes a loaded checkpoint can make: sides multiples of `multiple`, at most `max_side` (None: no
-    bound of its own). `why` says where they come from, for the operator."""
-
-    multiple: int
-    why: str
-    max_side: int | None = None
-
-
 class FamilyAdapter:
     """The defaults fit Stable Diffusion-style pipelines (CLIP tokenizer, classifier-free guidance)."""
 
@@ -49,10 +38,6 @@ class FamilyAdapter:
     inpaint_class: ClassVar[type[DiffusionPipeline]]
     takes_max_sequence_length: ClassVar[bool] = False  # T5-based families cap their prompt
     img2img_takes_size: ClassVar[bool] = True  # SD1.5's and SDXL's img2img take the output size from the image
-
-    def size_rule(self, pipe: DiffusionPipeline) -> SizeRule:
-        """What sizes the loaded checkpoint can make: a UNet family works on whole VAE latent pixels."""
-        return SizeRule(multiple=pipe.vae_scale_factor, why=f"its VAE scales by {pipe.vae_scale_factor}")
 
     def pipeline_class_for(self, edit: EditInputs | None) -> type[DiffusionPipeline]:
         """The pipeline class that runs a plan with this `edit` (None: text-to-image, the loaded class)."""

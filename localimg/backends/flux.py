@@ -39,7 +39,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from localimg.backends.families import FamilyAdapter, SizeRule, flow_match_steps_run
+from localimg.backends.families import FamilyAdapter, flow_match_steps_run
 
 if TYPE_CHECKING:
     import torch
@@ -59,10 +59,6 @@ class FluxAdapter(FamilyAdapter):
     inpaint_class: ClassVar[type[DiffusionPipeline]] = FluxInpaintPipeline
     takes_max_sequence_length: ClassVar[bool] = True
     steps_run = staticmethod(flow_match_steps_run)
-
-    def size_rule(self, pipe: DiffusionPipeline) -> SizeRule:
-        scale = pipe.vae_scale_factor
-        return SizeRule(multiple=2 * scale, why=f"FLUX packs 2x2 latent pixels of a VAE scaling by {scale}")
 
     def call_kwargs(self, plans: Sequence[GenerationPlan]) -> dict[str, Any]:
         kwargs = super().call_kwargs(plans)
@@ -136,7 +132,7 @@ def reference_row(images: Sequence[Image.Image], pixels: int) -> Image.Image:
     total = sum(aspects)
     height = (pixels / total) ** 0.5
     row_height = max(16, int(height) // 16 * 16)
-    row_width = max(16, int(height * total) // 16 * 16)
+    row_width = max(16, int(row_height * total) // 16 * 16)  # from the rounded height: each slot keeps its aspect
     edges = [round(row_width * sum(aspects[:i]) / total) for i in range(len(images) + 1)]
     row = Image.new("RGB", (row_width, row_height))
     for image, (left, right) in zip(images, pairwise(edges), strict=True):

@@ -7,17 +7,17 @@ Finding the weights (`locate_weights`, `weights_problem`) is file checks only an
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from localimg.backends.checkpoint import absent_components, check_checkpoint
 from localimg.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -58,12 +58,12 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
                 code="model_weights_missing",
             )
         _check_folder(spec, folder, need_weights=True)
-        _check_kind(spec, folder)
+        check_checkpoint(spec, folder)
         return LocatedWeights(folder)
     if source.repo is not None:
         folder = _cached_snapshot(spec, source.repo, source.revision)
         _check_folder(spec, folder, need_weights=True)
-        _check_kind(spec, folder)
+        check_checkpoint(spec, folder)
         return LocatedWeights(folder)
     assert source.file is not None and source.config is not None
     file = source.file
@@ -96,7 +96,7 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     else:
         config = _cached_snapshot(spec, source.config, "main")
     _check_folder(spec, config, need_weights=False)
-    _check_kind(spec, config)
+    check_checkpoint(spec, config)
     return LocatedWeights(config, file)
 
 
@@ -123,7 +123,7 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
                 # None lets diffusers fall back to pickles where a component has no .safetensors.
                 use_safetensors=None if spec.allow_pickle else True,
                 # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
-                **dict.fromkeys(_absent_components(weights.folder)),
+                **dict.fromkeys(absent_components(weights.folder)),
             )
         return pipeline_class.from_single_file(
             str(weights.file), config=str(weights.folder), dtype=dtype, local_files_only=True
@@ -174,54 +174,6 @@ def _check_folder(spec: ModelSpec, folder: Path, *, need_weights: bool) -> None:
             f"are refused by default; convert them to .safetensors or {_PICKLE_OPT_IN}.",
             code="model_weights_pickled",
         )
-
-
-# The pipeline classes (model_index.json's `_class_name`) of each family, most specific prefix first.
-_FAMILY_OF_CLASS = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd15"),
-                    ("Flux", "flux"))  # fmt: skip
-
-
-def _check_kind(spec: ModelSpec, folder: Path) -> None:
-    """Refuse a folder holding another family's or variant's pipeline than models.toml declares. diffusers only
-    warns while loading one, and every request would then fail deep inside the pipeline."""
-    index = _json(folder / "model_index.json")
-    class_name = str(index.get("_class_name", ""))
-    family = next((family for prefix, family in _FAMILY_OF_CLASS if class_name.startswith(prefix)), None)
-    where = f"model {spec.name!r}: {folder} holds a {class_name}"
-    if family is not None and family != spec.family:
-        raise ModelUnavailableError(
-            f"{where} (a {family} model) but models.toml declares family = {spec.family!r}; set family = {family!r}.",
-            code="model_kind_mismatch",
-        )
-    if spec.family == "flux":
-        transformer = _json(folder / "transformer" / "config.json")
-        # FLUX.1 Fill's transformer takes the image and mask latents beside the noise: more channels in than out.
-        fill = transformer.get("out_channels") not in (None, transformer.get("in_channels"))
-        if fill != (spec.variant == "fill"):
-            hint = 'set variant = "fill"' if fill else 'remove variant = "fill"'
-            raise ModelUnavailableError(f"{where} whose transformer {'is' if fill else 'is not'} FLUX.1 Fill's; "
-                                        f"{hint}.", code="model_kind_mismatch")  # fmt: skip
-    if spec.family in ("sd15", "sdxl") and _json(folder / "unet" / "config.json").get("in_channels", 4) != 4:
-        raise ModelUnavailableError(
-            f"{where} whose UNet takes extra input channels (an inpainting checkpoint); localimg serves the base "
-            "checkpoints, which inpaint through the family's inpainting pipeline.",
-            code="model_kind_mismatch",
-        )
-
-
-def _absent_components(folder: Path) -> list[str]:
-    """Components model_index.json lists as `[null, null]`: saved without them."""
-    index = _json(folder / "model_index.json")
-    return [name for name, value in index.items() if isinstance(value, list) and value and value[0] is None]
-
-
-def _json(path: Path) -> dict[str, Any]:
-    """A config file's object; {} when it is missing or unreadable (loading then reports the real problem)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _files(folder: Path) -> Iterable[Path]:

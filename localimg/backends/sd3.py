@@ -19,7 +19,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 
-from localimg.backends.families import FamilyAdapter, SizeRule, flow_match_steps_run
+from localimg.backends.families import FamilyAdapter, flow_match_steps_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,15 +32,6 @@ class SD3Adapter(FamilyAdapter):
     inpaint_class: ClassVar[type[DiffusionPipeline]] = StableDiffusion3InpaintPipeline
     takes_max_sequence_length: ClassVar[bool] = True
     steps_run = staticmethod(flow_match_steps_run)
-
-    def size_rule(self, pipe: DiffusionPipeline) -> SizeRule:
-        scale, config = pipe.vae_scale_factor, pipe.transformer.config
-        patch, positions = config.patch_size, config.pos_embed_max_size
-        why = f"SD3 patches {patch}x{patch} latent pixels of a VAE scaling by {scale}"
-        if positions is None:
-            return SizeRule(multiple=patch * scale, why=why)
-        # The transformer's position embedding covers `positions` patches a side: larger images raise an error.
-        return SizeRule(patch * scale, f"{why}, over {positions} positions a side", max_side=positions * patch * scale)
 
     def prompt_tokenizer(self, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         if getattr(pipe, "tokenizer_3", None) is not None and getattr(pipe, "text_encoder_3", None) is not None:

@@ -394,20 +394,20 @@ def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) 
     for level in EXTRA_QUALITY_LEVELS:
         if level in value:
             # "high" with more steps unless it says otherwise; the steps are what make it a higher level.
-            high = replace(presets["high"], steps=0)
-            presets[level] = _parse_preset(value[level], high, f"{ctx}: quality.{level}")
+            presets[level] = _parse_preset(value[level], presets["high"], f"{ctx}: quality.{level}", needs_steps=True)
     auto = value.get("auto", "medium")
     if auto not in presets:
         raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(presets)}")
     return presets, auto
 
 
-def _parse_preset(table: Any, default: QualityPreset, ctx: str) -> QualityPreset:
-    """One `{ steps, guidance, max_sequence_length }` table over `default` (steps 0: the table must name them)."""
+def _parse_preset(table: Any, default: QualityPreset, ctx: str, *, needs_steps: bool = False) -> QualityPreset:
+    """One `{ steps, guidance, max_sequence_length }` table; keys it leaves out come from `default` (the family's
+    preset of the same level, which has no max_sequence_length, or for xhigh/max the model's "high")."""
     if not isinstance(table, dict):
         raise RegistryError(f"{ctx} must be a table like {{ steps = 28, guidance = 3.5 }}")
     reject_unknown(table, {"steps", "guidance", "max_sequence_length"}, *ctx.rsplit(": ", 1))
-    if not default.steps and "steps" not in table:
+    if needs_steps and "steps" not in table:
         raise RegistryError(f"{ctx}.steps is required")
     steps = table.get("steps", default.steps)
     guidance = table.get("guidance", default.guidance)

@@ -10,6 +10,8 @@ this module adds what only image inputs have:
   afterwards (`ImageJob.keep`).
 - **`size="auto"`** (or omitted) follows the first image: its own size when the model allows it, otherwise
   scaled into the model's limits with the same aspect ratio, sides rounded to the model's multiple.
+- **Another aspect ratio** (an explicit size, or limits the input's shape exceeds): the input and its mask are
+  centre-cropped to the output's aspect, as variations are, never visibly stretched (`cover_box`).
 - **`input_fidelity`** picks how far the result may move from the first image (diffusers' `strength`):
 
   | input_fidelity | without mask (image-to-image) | inside a mask (inpainting) |
@@ -32,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from localimg.backends.base import EditInputs, GenerationPlan
 from localimg.errors import InvalidRequestError
@@ -40,6 +42,7 @@ from localimg.imaging.alpha import flatten, is_cutout
 from localimg.imaging.masks import edit_region_from_alpha, edit_region_from_mask, resize_region
 from localimg.registry import ImageSize, ModelSpec
 from localimg.service.planning import (
+    ApiStyle,
     ImageJob,
     KeepRegion,
     api_style,
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 MAX_INPUT_IMAGES = 16  # OpenAI's limit for gpt-image edits
 STRENGTH = {("low", False): 0.75, ("high", False): 0.45, ("low", True): 1.0, ("high", True): 0.85}
 VARIATION_STRENGTH = 0.7
+Box = tuple[float, float, float, float]  # left, top, right, bottom in input pixels
 
 
 @dataclass(frozen=True)
@@ -102,22 +106,17 @@ def plan_edit(
     check_response_format(request.response_format, style, model_named=request.model is not None)
     spec = _model_for_images(images, spec, registry)
     first = images[0].image
-    if mask is not None:
-        region = edit_region_from_mask(mask.image, first.size, param=mask.param)
-    else:
-        # dall-e-2's legacy rule; GPT image models edit the whole image, and a cut-out's transparency is its look.
-        region = edit_region_from_alpha(first) if style == "dall-e-2" else None
     size = size_for_input(first.size, spec) if request.size in (None, "auto") and style == "gpt-image" else None
     size = size or resolve_size(request.size, style, spec)
+    crop = cover_box(first.size, size)
+    region_at_size = _region_to_edit(first, mask, style, size, crop)
     quality = resolve_quality(request.quality, style, spec)
-    cutout = style == "gpt-image" and is_cutout(first)
+    original = _cover(first, size, crop)
+    cutout = style == "gpt-image" and is_cutout(original)
     output = resolve_output(
         request.output_format, request.output_compression, request.background, request.prompt, cutout=cutout
     )
-    strength = request.strength or STRENGTH[(request.input_fidelity or "low", region is not None)]
-    crop = cover_box(first.size, size)
-    original = _cover(first, size, crop)
-    region_at_size = None if region is None else resize_region(region, (size.width, size.height), crop)
+    strength = request.strength or STRENGTH[(request.input_fidelity or "low", region_at_size is not None)]
     flat = flatten(original)
     edit = EditInputs(
         images=(flat, *(flatten(item.image) for item in images[1:])), mask=region_at_size, strength=strength
@@ -150,7 +149,7 @@ def plan_variation(
     size = resolve_size(request.size, "dall-e-2", spec)
     quality = spec.auto_quality
     preset = spec.quality[quality]
-    square = ImageOps.fit(flatten(image.image), (size.width, size.height), Image.Resampling.LANCZOS)
+    square = _cover(flatten(image.image), size, cover_box(image.image.size, size))
     plan = GenerationPlan(
         model=spec.name,
         prompt="",
@@ -211,17 +210,48 @@ def _model_for_images(images: Sequence[InputImage], spec: ModelSpec, registry: R
     return spec
 
 
-def cover_box(input_size: tuple[int, int], size: ImageSize) -> tuple[float, float, float, float]:
-    """The centred part of an input of `input_size` with the output's aspect ratio: what an edit at another
-    aspect keeps (cropped like a variation, never stretched)."""
+def _region_to_edit(
+    first: Image.Image, mask: InputImage | None, style: ApiStyle, size: ImageSize, crop: Box
+) -> Image.Image | None:
+    """The region to repaint at the output size (255 = repaint), or None to edit the whole image."""
+    output_size = (size.width, size.height)
+    if mask is not None:
+        region = resize_region(edit_region_from_mask(mask.image, first.size, param=mask.param), output_size, crop)
+        if region.getextrema()[1] == 0:
+            raise InvalidRequestError(
+                f"Invalid 'mask': its transparent area lies outside the centred part of the image that an edit at "
+                f"{size.width}x{size.height} keeps, so there is nothing to edit. Send an image with the output's "
+                "aspect ratio, or another size.",
+                param=mask.param,
+                code="invalid_mask",
+            )
+        return region
+    if style != "dall-e-2":
+        return None  # GPT image models edit the whole image, and a cut-out's transparency is its look
+    region = edit_region_from_alpha(first)  # dall-e-2's legacy rule: the image's transparent pixels
+    region = None if region is None else resize_region(region, output_size, crop)
+    return region if region is not None and region.getextrema()[1] else None
+
+
+# Within 2 % of the output's aspect ratio an input is scaled whole: a stretch that small is invisible, and cropping
+# for it would cut real content off its borders (it is what rounding sizes to multiples of 16 causes).
+ASPECT_TOLERANCE = 1.02
+
+
+def cover_box(input_size: tuple[int, int], size: ImageSize) -> Box:
+    """The part of an input of `input_size` that an output of `size` shows: the whole input when their aspect
+    ratios agree, else its centred part with the output's aspect (cropped, never visibly stretched)."""
     width, height = input_size
+    ratio = (width / height) / (size.width / size.height)
+    if 1 / ASPECT_TOLERANCE <= ratio <= ASPECT_TOLERANCE:
+        return (0.0, 0.0, float(width), float(height))
     scale = min(width / size.width, height / size.height)
     crop_w, crop_h = size.width * scale, size.height * scale
     left, top = (width - crop_w) / 2, (height - crop_h) / 2
     return (left, top, left + crop_w, top + crop_h)
 
 
-def _cover(image: Image.Image, size: ImageSize, box: tuple[float, float, float, float]) -> Image.Image:
+def _cover(image: Image.Image, size: ImageSize, box: Box) -> Image.Image:
     if image.size == (size.width, size.height):
         return image
     return image.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box)

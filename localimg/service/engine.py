@@ -244,7 +244,9 @@ class Engine:
                     future.set_exception(exc)
                 continue
             if batch:
-                self._run_batch(batch)
+                # The worker's log lines (batch, load, failure) carry the ids of the requests they are for.
+                with request_context.serving(",".join(job.request_id for job in batch)):
+                    self._run_batch(batch)
             with self._cond:
                 self._running = []
 
@@ -273,14 +275,6 @@ class Engine:
         return batch
 
     def _run_batch(self, batch: list[Job]) -> None:
-        # The worker's log lines (batch, load, failure) carry the ids of the requests they are for.
-        token = request_context.request_id.set(",".join(job.request_id for job in batch))
-        try:
-            self._run_batch_for_requests(batch)
-        finally:
-            request_context.request_id.reset(token)
-
-    def _run_batch_for_requests(self, batch: list[Job]) -> None:
         model = batch[0].plan.model
         started = time.monotonic()
         for job in batch:

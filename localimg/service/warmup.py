@@ -34,6 +34,9 @@ async def warm_up(engine: Engine, registry: Registry, models: list[str], sizes: 
             continue
         preset = spec.quality["low"]
         for size in parse_sizes(sizes):
+            if not spec.limits.admits(size):  # no client can ask this model for it
+                log.info("warm-up of %s skips %s: outside its limits", name, size)
+                continue
             plan = GenerationPlan(
                 model=name, prompt="warm-up", width=size.width, height=size.height, steps=preset.steps,
                 guidance_scale=preset.guidance, seeds=(0,), max_sequence_length=preset.max_sequence_length,

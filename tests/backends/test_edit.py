@@ -191,6 +191,9 @@ def test_the_reference_row_is_sized_before_its_images_are_scaled():
     assert abs(red_width / row.width - (1 / 40) / (1 / 40 + 3 * 40)) < 0.01
     single = reference_row([Image.new("RGB", (3000, 2000))], 1024 * 1024)
     assert single.size == (1248, 832)
+    # A short row: every slot keeps its image's aspect (within one rounding to 16 over the row).
+    wide = reference_row([Image.new("RGB", (4000, 100))] * 16, 1024 * 1024)
+    assert abs(wide.width / 16 / wide.height - 40) < 40 * 16 / wide.width + 0.01
 
 
 def test_kontext_is_declared_with_references(kontext: DiffusersBackend):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -225,7 +226,7 @@ def test_a_folder_of_another_family_or_variant_is_refused_before_loading(registr
     inpainting = shutil.copytree(sd15.source.path, tmp_path / "inpainting")
     config = inpainting / "unet" / "config.json"
     config.write_text(config.read_text().replace('"in_channels": 4', '"in_channels": 9'))
-    unavailable(with_source(sd15, path=inpainting), "an inpainting checkpoint")
+    unavailable(with_source(sd15, path=inpainting), "UNet takes extra input channels")
 
 
 def test_a_pipeline_saved_without_an_optional_encoder_loads(registry: Registry, tmp_path: Path):
@@ -240,13 +241,20 @@ def test_a_pipeline_saved_without_an_optional_encoder_loads(registry: Registry, 
     generates(with_source(sd3, path=tmp_path / "no-t5"))
 
 
-def test_limits_the_checkpoint_cannot_make_are_refused_at_load(registry: Registry):
-    """Each request at such a size would fail inside the pipeline; the operator hears it at load instead."""
+def test_limits_the_checkpoint_cannot_make_are_refused_before_loading(registry: Registry, tmp_path: Path):
+    """Each request at such a size would fail inside the pipeline; the operator hears it up front instead."""
     sd3, flux = registry.resolve("tiny-sd3"), registry.resolve("tiny-flux")
-    assert sd3 is not None and flux is not None
+    assert sd3 is not None and flux is not None and flux.source.path is not None
     # tiny-sd3's position embedding covers 128 positions of 2x2 patches of an 8x VAE: 2048 pixels a side.
     too_large = dataclasses.replace(sd3, limits=dataclasses.replace(sd3.limits, max_side=4096))
-    error = unavailable(too_large, "at most 2048 pixels a side", "limits.max_side = 4096", present=True)
+    error = unavailable(too_large, "at most 2048 pixels a side", "limits.max_side = 4096")
     assert error.code == "model_limits_mismatch"
-    too_fine = dataclasses.replace(flux, limits=dataclasses.replace(flux.limits, multiple_of=8))
-    unavailable(too_fine, "multiples of 16", "limits.multiple_of = 8", present=True)
+    # A FLUX whose VAE scales by 16 makes multiples of 32; the API's sizes are multiples of 16.
+    coarse = shutil.copytree(flux.source.path, tmp_path / "vae16")
+    vae = coarse / "vae" / "config.json"
+    config = json.loads(vae.read_text())
+    config["block_out_channels"] = [*config["block_out_channels"], config["block_out_channels"][-1]]
+    vae.write_text(json.dumps(config))
+    unavailable(with_source(flux, path=coarse), "multiples of 32", "limits.multiple_of = 16")
+    # limits.multiple_of = 8 on FLUX is fine: every size that reaches the pipeline is a multiple of 16 anyway.
+    assert weights_problem(dataclasses.replace(flux, limits=dataclasses.replace(flux.limits, multiple_of=8))) is None

@@ -59,7 +59,9 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
     backend.fail_with = ValueError("Height (512) cannot be greater than pos_embed_max_size")  # a pipeline's own
     engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
     service = ImageService(registry, engine, ImageStore(ttl_s=60))
-    app = create_app(Settings(warmup_sizes=("512x512", "256x256")), service, preload=["m"])
+    app = create_app(Settings(warmup_sizes=("512x512", "4096x4096", "256x256")), service, preload=["m"])
+
+    caplog.set_level("INFO", logger="localimg.service.warmup")
 
     async def scenario() -> None:
         await preload_and_warm_up(app, service, ["m"])  # what the app's startup runs
@@ -71,4 +73,8 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
     finally:
         engine.close()
     failures = [r.getMessage() for r in caplog.records if "warm-up of m" in r.getMessage()]
-    assert failures == ["warm-up of m at 512x512 failed", "warm-up of m at 256x256 failed"]
+    assert failures == [
+        "warm-up of m at 512x512 failed",
+        "warm-up of m skips 4096x4096: outside its limits",  # no client could ask for it
+        "warm-up of m at 256x256 failed",
+    ]

@@ -52,6 +52,13 @@ def edit(images=None, mask=None, **fields):
     return plan_edit(request, images or [image()], mask, REGISTRY, lambda: 1234)
 
 
+def rejects(param: str, code: str, **fields) -> InvalidRequestError:
+    with pytest.raises(InvalidRequestError) as info:
+        edit(**fields)
+    assert (info.value.param, info.value.code) == (param, code), info.value.message
+    return info.value
+
+
 @pytest.mark.parametrize(
     ("spec", "size", "expected"),
     [
@@ -112,6 +119,27 @@ def test_an_input_of_another_aspect_is_cropped_to_the_output_never_stretched():
     assert region.getpixel((500, 500)) == 0 and region.getpixel((530, 500)) == 255
     portrait = edit(images=[image(300, 900)], size="1024x1024").plan.edit.images[0]
     assert portrait.size == (1024, 1024)
+
+
+def test_a_mask_whose_hole_is_cropped_away_is_refused_not_answered_with_the_input():
+    mask = Image.new("RGBA", (1024, 512), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 100, 512))  # the left edge, outside the centred square an edit at 1024² keeps
+    wide = InputImage("image", Image.new("RGB", (1024, 512)))
+    err = rejects("mask", "invalid_mask", images=[wide], mask=InputImage("mask", mask), size="1024x1024")
+    assert "nothing to edit" in err.message
+    # dall-e-2's transparent pixels cropped away the same way: an edit of the whole image, not a no-op.
+    legacy = Image.new("RGBA", (1024, 512), (9, 9, 9, 255))
+    legacy.paste((0, 0, 0, 0), (0, 0, 100, 512))
+    job = edit(images=[InputImage("image", legacy)], model="dall-e-2", size="1024x1024")
+    assert job.plan.edit.mask is None and job.keep is None
+
+
+def test_an_aspect_within_rounding_is_scaled_whole_not_cropped():
+    # 1000x600 at size=auto is 992x608: cropping would cut 12 columns off each side for a 1.3 % difference.
+    job = edit(images=[image(1000, 600)], mask=transparent_mask(1000, 600))
+    assert (job.size.width, job.size.height) == (992, 608)
+    region = job.plan.edit.mask
+    assert region.getpixel((0, 300)) == 255 and region.getpixel((495, 300)) == 255 and region.getpixel((497, 300)) == 0
 
 
 def test_kept_pixels_are_what_the_model_saw_unless_the_output_keeps_transparency():

@@ -242,7 +242,11 @@ def test_a_wide_gamut_photo_is_converted_to_srgb_through_its_profile(fmt):
     assert red < 20 and abs(green - 185) <= 3 and abs(blue - 77) <= 4
 
 
-def test_srgb_tagged_and_unusable_profiles_keep_the_exact_values():
+def test_srgb_tagged_and_unusable_profiles_keep_the_exact_values(monkeypatch: pytest.MonkeyPatch):
+    def converted(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an sRGB-tagged or unreadable profile went through a conversion")
+
+    monkeypatch.setattr(ImageCms, "profileToProfile", converted)
     source = gradient()
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for icc in (srgb, b"not a profile"):

@@ -1,0 +1,131 @@
+"""What a diffusers folder's config files say about the checkpoint, checked against its models.toml table before
+any weight is read: which pipeline it is, and which image sizes it can make.
+
+diffusers only warns while loading another pipeline's components, and a size the checkpoint cannot make fails
+inside the pipeline; either way every request would fail one by one. Refused here, the model is unavailable with
+the setting to change, and `localimg models` reports it. File reads only: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localimg.errors import ModelUnavailableError
+
+if TYPE_CHECKING:
+    from localimg.registry import ModelSpec
+
+# The pipeline classes (model_index.json's `_class_name`) of each family, most specific prefix first.
+_FAMILY_OF_CLASS = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd15"),
+                    ("Flux", "flux"))  # fmt: skip
+# FLUX checkpoints that need inputs localimg does not send (control images, image embeddings).
+_UNSERVED_FLUX = ("FluxControl", "FluxPriorRedux")
+# What every size reaching a pipeline is a multiple of, whatever the limits say (the API's own rule).
+API_MULTIPLE = 16
+
+
+def check_checkpoint(spec: ModelSpec, folder: Path) -> None:
+    """Raise ModelUnavailableError when the folder is not the kind of checkpoint `spec` declares, or cannot make
+    every size `spec.limits` admits."""
+    _check_kind(spec, folder)
+    _check_sizes(spec, size_rule(spec.family, folder))
+
+
+def absent_components(folder: Path) -> list[str]:
+    """Components model_index.json lists as `[null, null]`: saved without them (SD3 without T5)."""
+    index = read_json(folder / "model_index.json")
+    return [name for name, value in index.items() if isinstance(value, list) and value and value[0] is None]
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """Sides a checkpoint can make: multiples of `multiple`, at most `max_side` (None: no bound of its own).
+    `why` says where they come from, for the operator."""
+
+    multiple: int
+    why: str
+    max_side: int | None = None
+
+
+def size_rule(family: str, folder: Path) -> SizeRule | None:
+    """The sizes the checkpoint in `folder` can make, from its configs (None when they do not say).
+
+    The VAE halves the resolution at each block after the first (diffusers' `vae_scale_factor`); FLUX packs 2x2
+    latent pixels into one token, SD3 patches them, and SD3's position embedding covers a bounded grid.
+    """
+    vae = read_json(folder / "vae" / "config.json")
+    if not vae:
+        return None
+    scale = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
+    if family == "flux":
+        return SizeRule(2 * scale, f"FLUX packs 2x2 latent pixels of a VAE scaling by {scale}")
+    if family == "sd3":
+        transformer = read_json(folder / "transformer" / "config.json")
+        patch = int(transformer.get("patch_size") or 2)
+        positions = int(transformer.get("pos_embed_max_size") or 96)  # SD3Transformer2DModel's defaults
+        why = f"SD3 patches {patch}x{patch} latent pixels of a VAE scaling by {scale}, over {positions} positions"
+        return SizeRule(patch * scale, why, max_side=positions * patch * scale)
+    return SizeRule(scale, f"its VAE scales by {scale}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A config file's object; {} when it is missing or unreadable (loading then reports the real problem)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _check_kind(spec: ModelSpec, folder: Path) -> None:
+    class_name = str(read_json(folder / "model_index.json").get("_class_name") or "pipeline of unnamed class")
+    family = next((family for prefix, family in _FAMILY_OF_CLASS if class_name.startswith(prefix)), None)
+    where = f"model {spec.name!r}: {folder} holds a {class_name}"
+    if family is not None and family != spec.family:
+        _refuse(
+            f"{where} (a {family} model) but models.toml declares family = {spec.family!r}; set family = {family!r}."
+        )
+    if spec.family == "flux":
+        if class_name.startswith(_UNSERVED_FLUX):
+            _refuse(f"{where}, which needs inputs localimg does not send; serve a base, Kontext or Fill checkpoint.")
+        transformer = read_json(folder / "transformer" / "config.json")
+        channels_in = transformer.get("in_channels") or 64  # FluxTransformer2DModel's defaults
+        channels_out = transformer.get("out_channels") or channels_in
+        # FLUX.1 Fill's transformer takes the image and mask latents beside the noise: more channels in than out.
+        fill = class_name.startswith("FluxFill") or channels_in != channels_out
+        if fill != (spec.variant == "fill"):
+            hint = 'set variant = "fill"' if fill else 'remove variant = "fill"'
+            _refuse(f"{where} whose transformer {'is' if fill else 'is not'} FLUX.1 Fill's; {hint}.")
+    if spec.family in ("sd15", "sdxl") and read_json(folder / "unet" / "config.json").get("in_channels", 4) != 4:
+        _refuse(
+            f"{where} whose UNet takes extra input channels (an inpainting, pix2pix or depth checkpoint); localimg "
+            "serves the base checkpoints, which inpaint through the family's inpainting pipeline."
+        )
+
+
+def _check_sizes(spec: ModelSpec, rule: SizeRule | None) -> None:
+    if rule is None:
+        return
+    limits = spec.limits
+    served = math.lcm(API_MULTIPLE, limits.multiple_of)  # what every size reaching the pipeline is a multiple of
+    if served % rule.multiple:
+        _refuse(
+            f"model {spec.name!r}: this checkpoint makes sides that are multiples of {rule.multiple} ({rule.why}), "
+            f"but models.toml has limits.multiple_of = {limits.multiple_of}; set it to a multiple of {rule.multiple}.",
+            code="model_limits_mismatch",
+        )
+    if rule.max_side is not None and limits.max_side > rule.max_side:
+        _refuse(
+            f"model {spec.name!r}: this checkpoint makes images at most {rule.max_side} pixels a side ({rule.why}), "
+            f"but models.toml has limits.max_side = {limits.max_side}; set limits.max_side (and default_size) "
+            f"within {rule.max_side}.",
+            code="model_limits_mismatch",
+        )
+
+
+def _refuse(message: str, code: str = "model_kind_mismatch") -> None:
+    raise ModelUnavailableError(message, code=code)

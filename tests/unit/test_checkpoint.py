@@ -1,0 +1,96 @@
+"""backends/checkpoint.py: what a diffusers folder's configs say, against its models.toml table (config files
+only, as a real checkpoint's are; no weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localimg.backends.checkpoint import check_checkpoint, size_rule
+from localimg.errors import ModelUnavailableError
+from localimg.registry import Registry
+
+
+def checkpoint(folder: Path, class_name: str | None, **configs: dict) -> Path:
+    """A folder with model_index.json and the given `<component>/config.json` files."""
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name} if class_name else {}))
+    for component, config in configs.items():
+        (folder / component).mkdir()
+        (folder / component / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def spec(folder: Path, family: str, **table: object):
+    registry = Registry.from_dict({"models": {"m": {"family": family, "source": {"path": str(folder)}, **table}}},
+                                  base_dir=Path("/"))  # fmt: skip
+    return registry.resolve("m")
+
+
+VAE8 = {"block_out_channels": [128, 256, 512, 512]}
+
+
+@pytest.mark.parametrize(
+    ("class_name", "transformer", "variant"),
+    [
+        ("FluxPipeline", {"in_channels": 64}, "base"),
+        ("FluxKontextPipeline", {"in_channels": 64, "out_channels": 64}, "kontext"),
+        ("FluxKontextPipeline", {"in_channels": 64, "out_channels": None}, "base"),
+        ("FluxFillPipeline", {"in_channels": 384, "out_channels": 64}, "fill"),
+        ("FluxPipeline", {"out_channels": 64}, "base"),  # in_channels left at the model's default, 64
+        (None, {"in_channels": 64}, "base"),  # no class named: the configs decide
+    ],
+)
+def test_checkpoints_that_match_their_table_pass(tmp_path: Path, class_name, transformer, variant):
+    folder = checkpoint(tmp_path / "m", class_name, transformer=transformer, vae=VAE8)
+    check_checkpoint(spec(folder, "flux", variant=variant), folder)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "family", "table", "configs", "fragments"),
+    [
+        ("StableDiffusionXLPipeline", "sd15", {}, {"unet": {"in_channels": 4}}, ["a sdxl model", "family = 'sdxl'"]),
+        ("FluxFillPipeline", "flux", {}, {"transformer": {"in_channels": 384, "out_channels": 64}},
+         ['set variant = "fill"']),
+        ("FluxPipeline", "flux", {"variant": "fill"}, {"transformer": {"in_channels": 64}},
+         ['remove variant = "fill"']),
+        ("FluxControlPipeline", "flux", {"variant": "fill"}, {"transformer": {"in_channels": 128, "out_channels": 64}},
+         ["FluxControlPipeline", "inputs localimg does not send"]),
+        ("StableDiffusionPipeline", "sd15", {}, {"unet": {"in_channels": 9}}, ["extra input channels"]),
+        (None, "sdxl", {}, {"unet": {"in_channels": 8}}, ["pipeline of unnamed class", "pix2pix"]),
+    ],
+)  # fmt: skip
+def test_another_kind_of_checkpoint_is_refused_with_the_setting_to_change(
+    tmp_path: Path, class_name, family, table, configs, fragments
+):
+    folder = checkpoint(tmp_path / "m", class_name, **configs)
+    with pytest.raises(ModelUnavailableError) as info:
+        check_checkpoint(spec(folder, family, **table), folder)
+    assert info.value.code == "model_kind_mismatch"
+    for fragment in fragments:
+        assert fragment in info.value.message
+
+
+def test_the_size_rule_comes_from_the_vae_and_the_denoiser(tmp_path: Path):
+    flux = checkpoint(tmp_path / "flux", "FluxPipeline", vae=VAE8)
+    assert size_rule("flux", flux).multiple == 16 and size_rule("flux", flux).max_side is None
+    sd3 = checkpoint(tmp_path / "sd3", "StableDiffusion3Pipeline", vae=VAE8, transformer={"patch_size": 2,
+                     "pos_embed_max_size": 192})  # fmt: skip
+    assert (size_rule("sd3", sd3).multiple, size_rule("sd3", sd3).max_side) == (16, 3072)  # SD3 medium
+    tiny = checkpoint(tmp_path / "tiny", "StableDiffusion3Pipeline", vae={"block_out_channels": [4]},
+                      transformer={"patch_size": 1})  # fmt: skip
+    assert (size_rule("sd3", tiny).multiple, size_rule("sd3", tiny).max_side) == (1, 96)  # the model's default
+    assert size_rule("sd15", checkpoint(tmp_path / "novae", "StableDiffusionPipeline")) is None
+
+
+def test_limits_are_checked_against_what_reaches_the_pipeline(tmp_path: Path):
+    vae16 = {"block_out_channels": [64, 64, 64, 64, 64]}
+    folder = checkpoint(tmp_path / "m", "FluxPipeline", vae=vae16, transformer={"in_channels": 64})
+    with pytest.raises(ModelUnavailableError, match="multiples of 32") as info:
+        check_checkpoint(spec(folder, "flux"), folder)
+    assert info.value.code == "model_limits_mismatch"
+    check_checkpoint(spec(folder, "flux", limits={"multiple_of": 32}), folder)
+    sd15 = checkpoint(tmp_path / "sd15", "StableDiffusionPipeline", vae=VAE8, unet={"in_channels": 4})
+    check_checkpoint(spec(sd15, "sd15", limits={"multiple_of": 8}), sd15)  # sizes are multiples of 16 anyway
