@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localimg import __version__, request_context
@@ -37,7 +38,8 @@ def create_app(settings: Settings, service: ImageService, preload: list[str]) ->
             yield
         finally:
             loading.cancel()
-            await asyncio.to_thread(service.engine.close)
+            # The server process ends here: freeing each model's memory one by one only delays its exit (seconds).
+            await asyncio.to_thread(service.engine.close, unload=False)
 
     app = FastAPI(title="localimg", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -131,6 +133,8 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # gone while its body was being read: nobody to answer, nothing went wrong here
+            status = 499
         except Exception:
             # Answered and logged here, once, with its status; Starlette's fallback would log it again, and
             # uvicorn a third time, while this line said status=0.

@@ -176,8 +176,10 @@ def request_id_of(request: Request) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LocalImgError)
     async def _domain(request: Request, exc: LocalImgError) -> JSONResponse:
-        if exc.status >= 500:
+        if exc.status == 500:
             log.error("request %s failed: %s", request_id_of(request), exc.message)
+        elif exc.status > 500:  # refused while draining, out of time: expected under load, not a fault
+            log.warning("request %s failed: %s", request_id_of(request), exc.message)
         return error_response(exc, request_id_of(request))
 
     @app.exception_handler(RequestValidationError)

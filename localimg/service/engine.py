@@ -131,7 +131,7 @@ class Engine:
         when the service added some of its own. If the awaiting task is cancelled (client gone) the job is
         dropped, and its backend call stops at the next step once no other job shares it. Past the request
         timeout it raises RequestTimeoutError."""
-        self._admit(plan)
+        self.check_admission()
         job = Job(
             plan,
             client if client is not None else request_context.client_id.get(),
@@ -177,17 +177,22 @@ class Engine:
                 self.metrics.cancelled.labels(job.plan.model, "shutdown").inc()
             job.cancelled.set()
 
-    def close(self) -> None:
-        """Stop admission, fail what is left, stop the worker and unload every model. Blocks until done."""
+    def close(self, *, unload: bool = True) -> None:
+        """Stop admission, fail what is left, stop the worker and (unless `unload` is false: the process is
+        exiting, and its memory goes with it) unload every model. Blocks until done."""
         self.stop_admission()
         self.abort()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._worker.join()
-        self._residency.unload_all()
+        if unload:
+            self._residency.unload_all()
 
-    def _admit(self, plan: GenerationPlan) -> None:
+    def check_admission(self) -> None:
+        """Raise what `generate` would refuse a job with now: 503 while shutting down, 429 while the queue is
+        full. Streams call it before their first byte, so that a refusal is a plain HTTP error the SDKs retry
+        rather than an error event inside a 200; uploads call it before decoding."""
         if not self._accepting:
             self.metrics.rejected.labels("shutting_down").inc()
             raise OverloadedError(

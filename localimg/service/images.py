@@ -77,14 +77,25 @@ class ImageService:
         return await self._respond(await self.plan_edit(request, images, mask), url_base)
 
     async def plan_edit(self, request: ImageEditRequest, images: Sequence[Upload], mask: Upload | None) -> ImageJob:
-        """Decode the uploads (off the event loop) and resolve the edit; raises InvalidRequestError."""
-        decoded = await asyncio.to_thread(_decode_all, [*images, *([mask] if mask else [])], self.input_limits)
-        inputs, mask_input = (decoded[:-1], decoded[-1]) if mask else (decoded, None)
-        return plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
+        """Decode the uploads and resolve the edit, off the event loop (resizing a large photo takes a second);
+        raises InvalidRequestError, or the engine's refusal before any decoding when it takes no jobs now."""
+        self.engine.check_admission()
+
+        def decode_and_plan() -> ImageJob:
+            decoded = _decode_all([*images, *([mask] if mask else [])], self.input_limits)
+            inputs, mask_input = (decoded[:-1], decoded[-1]) if mask else (decoded, None)
+            return plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
+
+        return await asyncio.to_thread(decode_and_plan)
 
     async def variation(self, request: ImageVariationRequest, image: Upload, url_base: str) -> ImagesResponse:
-        (decoded,) = await asyncio.to_thread(_decode_all, [image], self.input_limits)
-        return await self._respond(plan_variation(request, decoded, self.registry, self._random_seed), url_base)
+        self.engine.check_admission()
+
+        def decode_and_plan() -> ImageJob:
+            (decoded,) = _decode_all([image], self.input_limits)
+            return plan_variation(request, decoded, self.registry, self._random_seed)
+
+        return await self._respond(await asyncio.to_thread(decode_and_plan), url_base)
 
     async def _respond(self, requested: ImageJob, url_base: str) -> ImagesResponse:
         # The job run may carry words of the service's own (transparency); usage and revised_prompt are the client's.
@@ -129,6 +140,7 @@ class ImageService:
     def stream(self, requested: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
         """Run a job planned with `stream` set, as `{event_prefix}.partial_image` / `.completed` events (see
         service/streaming.py for their order and usage). Domain errors raised while it runs propagate."""
+        self.engine.check_admission()
         job = self.transparency.prepare(requested)
         plan = job.plan
         log.info(

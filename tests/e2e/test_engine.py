@@ -137,6 +137,14 @@ def test_a_queue_that_stays_full_ends_the_sdk_retries_in_rate_limit_error(guarde
         assert metric(guarded_server, "localimg_rejected_total", {"authorization": f"Bearer {KEY}"}) >= (
             rejected_before + 2
         ), "the SDK did not retry"
+        # A stream is refused before its first byte (not with an error event inside a 200), and an upload before
+        # its images are decoded: the same 429 the SDK retries.
+        with pytest.raises(openai.RateLimitError):
+            list(client.images.generate(prompt="stream", stream=True, **SMALL))
+        upload = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(upload, format="PNG")
+        with pytest.raises(openai.RateLimitError):
+            client.images.edit(image=upload.getvalue(), prompt="edit", model="tiny-sd15", size="64x64")
         assert all(len(holder.result().data) == 1 for holder in holders)
 
 

@@ -50,3 +50,35 @@ def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptur
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and isinstance(tracebacks[0].exc_info[1], ZeroDivisionError)
     assert any("POST /v1/images/generations status=500" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_gone_mid_upload_is_a_499_line_not_an_error(caplog: pytest.LogCaptureFixture):
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
+    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    body = [b'--b\r\ncontent-disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG', None]
+    sent: list[dict] = []
+
+    async def receive() -> dict:  # the first part of a multipart body, then the client is gone
+        chunk = body.pop(0) if body else None
+        if chunk is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "raw_path": b"/v1/images/edits",
+             "query_string": b"", "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": "",
+             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+    try:
+        with caplog.at_level(logging.INFO):
+            asyncio.run(app(scope, receive, send))
+    finally:
+        engine.close()
+    assert not sent  # nobody to answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("POST /v1/images/edits status=499" in r.getMessage() for r in caplog.records)
