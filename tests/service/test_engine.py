@@ -24,8 +24,12 @@ from localimg.service.scheduler import GenerationResult
 from tests.service.standin import StandInBackend, colour, plan
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 20))
+def run(test: Callable[[], Awaitable[None]], engine: Engine) -> None:
+    """Run `test` on its own event loop (20 s at most), then close `engine` whatever happened."""
+    try:
+        asyncio.run(asyncio.wait_for(test(), 20))
+    finally:
+        engine.close()
 
 
 def engine_for(*backends: StandInBackend, **config: object) -> Engine:
@@ -61,10 +65,7 @@ def test_compatible_jobs_are_merged_into_one_backend_call():
         assert [len(call) for call in backend.calls] == [1, 4, 1]
         assert engine.metrics.registry.get_sample_value("localimg_backend_calls_total", {"model": "m"}) == 3
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 @pytest.mark.parametrize(("arriving", "calls"), [(0, [1, 1]), (1, [1, 1]), (2, [2])])
@@ -83,10 +84,7 @@ def test_a_lone_job_waits_the_window_only_when_another_request_is_arriving(arriv
             second = asyncio.create_task(engine.generate(plan(2), client="b"))
             assert [pixel(r) for r in await asyncio.gather(first, second)] == [colour(1), colour(2)]
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert [len(call) for call in backend.calls] == calls
 
 
@@ -105,10 +103,7 @@ def test_window_zero_disables_merging_and_max_batch_counts_images():
                 [colour(10 * i + j) for j in range(3)] for i in range(3)
             ]
 
-        try:
-            run(test)
-        finally:
-            engine.close()
+        run(test, engine)
         assert [len(call) for call in backend.calls] == expected
 
 
@@ -128,10 +123,7 @@ def test_clients_are_served_round_robin():
         order = [call[0].seeds[0] for call in backend.calls[1:]]
         assert order.index(100) <= 1, f"the second client waited behind more than one greedy job: {order}"
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 def test_step_progress_is_rebased_per_request():
@@ -153,10 +145,7 @@ def test_step_progress_is_rebased_per_request():
         backend.release.set()
         await asyncio.gather(blocker, a, b)
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert [len(call) for call in backend.calls] == [1, 2]
     assert seen["a"] == [(range(0, 2), [colour(10), colour(11)])] * 3
     assert seen["b"] == [(range(0, 1), [colour(20)])] * 3
@@ -195,10 +184,7 @@ def test_cancelling_one_request_keeps_the_batch_cancelling_all_aborts_it():
         while not backend.aborted:
             await asyncio.sleep(0.01)
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert len(backend.aborted) == 1 and "cancelled" in str(backend.aborted[0])
     assert engine.metrics.registry.get_sample_value("localimg_cancelled_total", {"model": "m", "reason": "client"}) == 3
 
@@ -218,10 +204,7 @@ def test_full_queue_is_refused_with_retry_after():
         await asyncio.gather(blocker, queued)
         assert len((await engine.generate(plan(3))).images) == 1  # room again
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 def test_timeout_answers_and_cancels_the_job():
@@ -237,10 +220,7 @@ def test_timeout_answers_and_cancels_the_job():
         while not backend.aborted:
             await asyncio.sleep(0.01)
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert "cancelled" in str(backend.aborted[0])
 
 
@@ -258,10 +238,7 @@ def test_an_error_in_a_batched_call_goes_to_every_request():
         backend.fail_with = None
         assert len((await engine.generate(plan(7))).images) == 1  # the engine keeps serving
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert engine.metrics.registry.get_sample_value("localimg_oom_errors_total", {"model": "m"}) == 1
     assert (
         engine.metrics.registry.get_sample_value("localimg_errors_total", {"model": "m", "code": "out_of_memory"}) == 3
@@ -283,10 +260,7 @@ def test_the_workers_log_lines_carry_the_ids_of_the_requests_in_the_batch(caplog
 
     caplog.set_level("INFO", logger="localimg.service.engine")
     caplog.handler.addFilter(request_context.RequestIdFilter())  # as the server's log handler has it
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     worker_lines = {r.getMessage(): r.request_id for r in caplog.records if r.threadName != "MainThread"}
     assert worker_lines["batch failed: boom"] == "req-a,req-b"
     assert worker_lines["batch model=m jobs=2 images=2"] == "req-a,req-b"
@@ -311,10 +285,7 @@ def test_shutdown_refuses_new_jobs_and_answers_queued_ones():
             with pytest.raises(OverloadedError):
                 await task
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 def test_least_recently_used_model_is_unloaded_to_fit_the_budget():
@@ -328,10 +299,7 @@ def test_least_recently_used_model_is_unloaded_to_fit_the_budget():
         await engine.generate(plan(2, model="c"))
         assert engine.is_loaded("a") and engine.is_loaded("c") and not engine.is_loaded("b")
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
     assert engine.metrics.registry.get_sample_value("localimg_model_evictions_total", {"model": "b"}) == 1
 
 
@@ -361,10 +329,7 @@ def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reload
         assert pixel(await engine.generate(plan(5, model="broken"))) == colour(5)
         assert broken.loads == 2 and engine.load_error("broken") is None and engine.is_loaded("good")
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 def test_a_model_that_does_not_fit_frees_the_others_and_tries_again():
@@ -385,10 +350,7 @@ def test_a_model_that_does_not_fit_frees_the_others_and_tries_again():
         await engine.preload(["resident", "large"])
         assert engine.is_loaded("large") and not engine.is_loaded("resident") and large.loads == 2
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
 
 
 def test_any_exception_from_a_load_is_a_clean_unavailable_model():
@@ -404,7 +366,4 @@ def test_any_exception_from_a_load_is_a_clean_unavailable_model():
             await engine.generate(plan(1, model="odd"))
         assert info.value.code == "model_load_failed" and "inductor" not in info.value.message
 
-    try:
-        run(test)
-    finally:
-        engine.close()
+    run(test, engine)
