@@ -14,7 +14,9 @@ pipeline that was just built, or `from_pretrained` of the folder); (2) localimg'
 through models.toml with its optimizations (load time includes the warm-up of the benchmark size); (3)
 `localimg serve` in a fresh process called with the openai SDK: cold start to the first image (the compile cache
 on disk is warm from step 2), sequential latency, then a concurrency run. Stages free the device in between.
-`--ablate` adds one engine run per optimization toggled (see VARIANTS). Median of `--repeats` after `--warmup`.
+`--ablate` adds one engine run per optimization toggled (see VARIANTS; `--variants` picks some). Median of
+`--repeats` after `--warmup`. Every engine run's image for seed LOSSLESS_SEED is compared with plain diffusers'.
+`--deadline-s` bounds the whole run: no model or stage starts after it, and the report names what it skipped.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 PROMPT = "a lighthouse on a rocky island at dawn, oil painting, dramatic sky"
+# The first timed seed: plain diffusers and every engine run make this image, and the row says how far apart.
+LOSSLESS_SEED = 1000
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "-sync_free": {"sync_free": False},
     "-prompt_cache": {"prompt_cache": 0},
     "-cuda_graphs": {"cuda_graphs": False},
+    "+fp8": {"fp8": True},  # the lossless defaults plus fp8 GEMMs alone: the issue's fp8 target
     "fast": {"preset": "fast"},
 }
 ROW_FIELDS = (
     "model", "family", "size", "steps", "plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http",
     "http_overhead", "steps_per_s", "flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
     "peak_mem_engine_gb", "load_s", "load_phases", "cold_start_s", "ready_s", "cold_start_phases", "optimizations",
-    "concurrency", "ablations", "samples",
+    "lossless", "concurrency", "ablations", "samples",
 )  # fmt: skip
+DIFFERENCE_FIELDS = ("seed", "mean_abs", "max_abs")
 CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
 
 
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: list[dict[str, Any]] = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    budget = Budget(args.deadline_s)
 
     def report(partial: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -126,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "tiny": args.tiny,
             "repeats": args.repeats,
             "warmup": args.warmup,
+            "deadline_s": args.deadline_s or None,
+            "skipped": budget.skipped,
             "rows": rows if partial is None else [*rows, partial],
         }
 
@@ -137,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         # --steps/--size shorten a dry run of the full-size path (e.g. on a CPU); the targets assume the defaults.
         case = cases[name]
         case = dataclasses.replace(case, steps=args.steps or case.steps, size=args.size or case.size)
+        if not budget.allows(name):
+            continue
         print(f"== {name}", flush=True)
-        rows.append(bench_model(case, args, device, work, checkpoint))
+        rows.append(bench_model(case, args, device, work, checkpoint, budget))
         release_memory(device)
     final = report()
     print_table(final)
@@ -158,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=str(REPO_ROOT / ".bench"), help="model folders, caches, logs")
     parser.add_argument("--out", default="", help="write the JSON report here")
     parser.add_argument("--ablate", action="store_true", help="one engine run per optimization toggled")
+    parser.add_argument("--variants", default="", help=f"comma-separated subset of --ablate ({', '.join(VARIANTS)})")
+    parser.add_argument("--deadline-s", type=float, default=0, help="start no model or stage after this many seconds")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP stages")
     parser.add_argument("--clients", type=int, help="concurrent clients in the concurrency run (default 4; --tiny: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
@@ -175,14 +188,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.models = "tiny-flux"
     if args.repeats < 1 or args.warmup < 0 or args.clients < 1 or args.steps < 0 or args.size % 16:
         parser.error("--repeats >= 1, --warmup >= 0, --clients >= 1, --steps >= 0, --size a multiple of 16")
+    if args.deadline_s < 0:
+        parser.error("--deadline-s >= 0 (0: no deadline)")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()] or (
+        list(VARIANTS) if args.ablate else []
+    )
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     return args
+
+
+class Budget:
+    """`--deadline-s`: whether a model or stage may still start, and the names of those that could not."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds if seconds else None
+        self.skipped: list[str] = []
+
+    def allows(self, stage: str) -> bool:
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return True
+        print(f"  skipped {stage}: past --deadline-s", flush=True)
+        self.skipped.append(stage)
+        return False
 
 
 # --- one model --------------------------------------------------------------------------------------------
 
 
 def bench_model(
-    case: Case, args: argparse.Namespace, device: Any, work: Path, checkpoint: Callable[[dict[str, Any]], None]
+    case: Case,
+    args: argparse.Namespace,
+    device: Any,
+    work: Path,
+    checkpoint: Callable[[dict[str, Any]], None],
+    budget: Budget,
 ) -> dict[str, Any]:
     from localimg.registry import Registry
     from localimg.testing.flops import image_flops, mfu, peak_flops
@@ -209,7 +250,7 @@ def bench_model(
         samples={"plain": None, "engine": None, "http": None},
     )
 
-    plain_times, plain_mem = run_plain(case, in_memory, spec, device, args)
+    plain_times, plain_mem, reference = run_plain(case, in_memory, spec, device, args)
     del in_memory
     plain_s = statistics.median(plain_times)
     row.update(plain_s=plain_s, mfu_plain=mfu(flops, plain_s, peak), peak_mem_plain_gb=plain_mem)
@@ -227,11 +268,12 @@ def bench_model(
         load_s=engine["load_s"],
         load_phases=engine["load_phases"],
         optimizations=engine["optimizations"],
+        lossless=difference(engine["image"], reference),
     )
     row["samples"]["engine"] = engine["times"]
     checkpoint(row)
 
-    if not args.no_http:
+    if not args.no_http and budget.allows(f"{case.name}:http"):
         http = run_http(case, toml, device, args, work)
         http_s = http["median"]
         row.update(
@@ -247,15 +289,19 @@ def bench_model(
         row["samples"]["http"] = http["times"]
         checkpoint(row)
 
-    if args.ablate:
-        for variant, override in VARIANTS.items():
-            if variant == "-cuda_graphs" and case.family not in ("sd15", "sdxl"):
-                continue
-            opt = dataclasses.replace(spec.optimize, **override)
-            result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
-            ablation = {"variant": variant, "engine_s": result["median"], "ratio": result["median"] / plain_s}
-            row["ablations"].append(ablation | {"load_s": result["load_s"], "optimizations": result["optimizations"]})
-            checkpoint(row)
+    for variant in args.variants:
+        if variant == "-cuda_graphs" and case.family not in ("sd15", "sdxl"):
+            continue
+        if not budget.allows(f"{case.name}:{variant}"):
+            break
+        opt = dataclasses.replace(spec.optimize, **VARIANTS[variant])
+        result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
+        row["ablations"].append({
+            "variant": variant, "engine_s": result["median"], "ratio": result["median"] / plain_s,
+            "load_s": result["load_s"], "optimizations": result["optimizations"],
+            "difference": difference(result["image"], reference),
+        })  # fmt: skip
+        checkpoint(row)
     if not args.tiny and not args.keep_weights:
         import shutil
 
@@ -325,7 +371,8 @@ compile_cache_dir = "{work / "compile-cache"}"
 
 def run_plain(
     case: Case, pipe: Any, spec: Any, device: Any, args: argparse.Namespace
-) -> tuple[list[float], float | None]:
+) -> tuple[list[float], float | None, Any]:
+    """Seconds per image, peak GPU memory, and the image of LOSSLESS_SEED."""
     import torch
 
     from localimg.backends.device import release_memory, torch_device
@@ -345,14 +392,14 @@ def run_plain(
         kwargs["max_sequence_length"] = case.max_sequence_length
     where = torch_device(device)
 
-    def once(seed: int) -> None:
-        pipe(**kwargs, generator=torch.Generator(where).manual_seed(seed)).images[0]
+    def once(seed: int) -> Any:
+        return pipe(**kwargs, generator=torch.Generator(where).manual_seed(seed)).images[0]
 
-    times, peak = timed(once, args, device)
+    times, peak, image = timed(once, args, device)
     pipe = None  # the caller drops its reference too, so the device memory can go
     release_memory(device)
     print(f"  plain diffusers: {statistics.median(times):.3f} s", flush=True)
-    return times, peak
+    return times, peak, image
 
 
 # --- stage 2: localimg engine -----------------------------------------------------------------------------
@@ -378,13 +425,13 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
         if not engine.is_loaded(spec.name):
             raise RuntimeError(f"{spec.name} failed to load: {engine.load_error(spec.name)}")
 
-        def once(seed: int) -> None:
+        def once(seed: int) -> Any:
             plan = GenerationPlan(model=spec.name, prompt=PROMPT, width=case.size, height=case.size,
                                   steps=case.steps, guidance_scale=case.guidance, seeds=(seed,),
                                   max_sequence_length=case.max_sequence_length)  # fmt: skip
-            loop.run_until_complete(engine.generate(plan))
+            return loop.run_until_complete(engine.generate(plan)).images[0]
 
-        times, peak = timed(once, args, device, reset_peak=False)
+        times, peak, image = timed(once, args, device, reset_peak=False)
         assert backend.optimizations is not None
         described = backend.optimizations.describe()
     finally:
@@ -393,7 +440,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     release_memory(device)
     print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
     return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
-            "load_phases": dict(backend.load_phases), "optimizations": described}  # fmt: skip
+            "load_phases": dict(backend.load_phases), "optimizations": described, "image": image}  # fmt: skip
 
 
 # --- stage 3: HTTP ----------------------------------------------------------------------------------------
@@ -430,7 +477,7 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
             # Where the cold start went: the server's load phases, and the rest (imports, server, first request).
             phases = load_phases(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text, case.name)
             phases["other"] = cold_start_s - phases.get("total", 0.0)
-            times, _ = timed(lambda seed: request(), args, device, reset_peak=False, measure_memory=False)
+            times, _, _ = timed(lambda seed: request(), args, device, reset_peak=False, measure_memory=False)
             concurrency = run_concurrency(request, args)
         finally:
             server.terminate()
@@ -497,8 +544,9 @@ def timed(
     *,
     reset_peak: bool = True,
     measure_memory: bool = True,
-) -> tuple[list[float], float | None]:
-    """Seconds of each of `args.repeats` calls after `args.warmup` untimed ones, and the peak GPU memory (GB)."""
+) -> tuple[list[float], float | None, Any]:
+    """Seconds of each of `args.repeats` calls after `args.warmup` untimed ones, the peak GPU memory (GB), and
+    what the first timed call (seed LOSSLESS_SEED) returned."""
     import torch
 
     cuda = device.kind == "cuda"
@@ -507,16 +555,28 @@ def timed(
     for seed in range(args.warmup):
         once(seed)
     times = []
-    for seed in range(args.repeats):
+    first = None
+    for index in range(args.repeats):
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        once(1000 + seed)
+        result = once(LOSSLESS_SEED + index)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
+        first = result if index == 0 else first
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda and measure_memory else None
-    return times, peak
+    return times, peak, first
+
+
+def difference(image: Any, reference: Any) -> dict[str, float]:
+    """How far `image` is from `reference`, the same seed through plain diffusers, on 0..255 RGB pixels."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    plain = np.asarray(reference.convert("RGB"), dtype=np.float32)
+    gap = np.abs(pixels - plain)
+    return {"seed": LOSSLESS_SEED, "mean_abs": float(gap.mean()), "max_abs": float(gap.max())}
 
 
 def package_version(name: str) -> str | None:
@@ -559,10 +619,13 @@ def print_table(report: dict[str, Any]) -> None:
     def fmt(value: Any, spec: str = ".3f") -> str:
         return "—" if value is None else format(value, spec)
 
+    def gap(difference: dict[str, float] | None) -> str:  # mean / max absolute difference from plain, 0..255
+        return "—" if difference is None else f"{difference['mean_abs']:.2f} / {difference['max_abs']:.0f}"
+
     print(f"\n{report['device']} · torch {report['versions']['torch']} · diffusers {report['versions']['diffusers']}"
           f" · {report['date']}{' · TINY SMOKE RUN, NOT A MEASUREMENT' if report['tiny'] else ''}")  # fmt: skip
     header = ("model", "size", "steps", "plain s", "engine s", "http s", "engine/plain", "http/plain", "http ovh",
-              "MFU eng", "peak GB", "cold s", "img/s conc", "p50 s", "p99 s")  # fmt: skip
+              "MFU eng", "peak GB", "cold s", "img/s conc", "p50 s", "p99 s", "Δ plain")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in report["rows"]:
@@ -571,11 +634,13 @@ def print_table(report: dict[str, Any]) -> None:
                  fmt(row["http_s"]), fmt(row["ratio_engine"], ".2f"), fmt(row["ratio_http"], ".2f"),
                  fmt(row["http_overhead"], ".1%"), fmt(row["mfu_engine"], ".1%"), fmt(row["peak_mem_engine_gb"], ".1f"),
                  fmt(row["cold_start_s"], ".1f"), fmt(conc.get("images_per_s"), ".2f"), fmt(conc.get("p50_s")),
-                 fmt(conc.get("p99_s")))  # fmt: skip
+                 fmt(conc.get("p99_s")), gap(row["lossless"]))  # fmt: skip
         print("| " + " | ".join(cells) + " |")
         for ablation in row["ablations"]:
             print(f"|   {row['model']} {ablation['variant']} | | | | {fmt(ablation['engine_s'])} | | "
-                  f"{fmt(ablation['ratio'], '.2f')} | | | | | | | | |")  # fmt: skip
+                  f"{fmt(ablation['ratio'], '.2f')} | | | | | | | | | {gap(ablation['difference'])} |")  # fmt: skip
+    if report["skipped"]:
+        print(f"skipped (past --deadline-s): {', '.join(report['skipped'])}")
 
 
 if __name__ == "__main__":

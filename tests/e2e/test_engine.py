@@ -120,23 +120,28 @@ def test_full_queue_answers_429_and_the_sdk_retry_succeeds(guarded_server: Serve
 
 def test_a_queue_that_stays_full_ends_the_sdk_retries_in_rate_limit_error(guarded_server: ServerProcess):
     client = OpenAI(base_url=f"{guarded_server.root}/v1", api_key=KEY, max_retries=1, timeout=120)
-    heavy = {**SMALL, "size": "1024x1024", "quality": "high"}
-    with ThreadPoolExecutor(2) as pool:  # fill --max-queue 2 with jobs of several seconds each
-        holders = [
-            pool.submit(client.images.generate, prompt="hold", **heavy, extra_body={"num_inference_steps": 60})
-            for _ in range(2)
-        ]
+    auth = {"authorization": f"Bearer {KEY}"}
+
+    def queued() -> float:
+        return sum(metric(guarded_server, f"localimg_jobs_{state}", auth) for state in ("running", "waiting"))
+
+    # Two streamed jobs far longer than the checks fill --max-queue 2 for as long as the test holds them open; its
+    # checks take seconds (the SDK waits Retry-After before each retry), so jobs of a fixed length could end first.
+    heavy = {**SMALL, "size": "1024x1024"}
+    holders = [
+        client.images.generate(prompt="hold", stream=True, **heavy, extra_body={"num_inference_steps": 500})
+        for _ in range(2)
+    ]
+    try:
         deadline = time.monotonic() + 60
-        while metric(guarded_server, "localimg_jobs_running", {"authorization": f"Bearer {KEY}"}) < 1:
-            assert time.monotonic() < deadline, "the holding jobs never started"
+        while queued() < 2:
+            assert time.monotonic() < deadline, "the holding jobs never reached the queue"
             time.sleep(0.05)
-        rejected_before = metric(guarded_server, "localimg_rejected_total", {"authorization": f"Bearer {KEY}"})
+        rejected_before = metric(guarded_server, "localimg_rejected_total", auth)
         with pytest.raises(openai.RateLimitError) as info:
             generate(client, 1)  # refused, retried once after Retry-After (1 s), refused again
         assert info.value.status_code == 429 and info.value.code == "rate_limit_exceeded"
-        assert metric(guarded_server, "localimg_rejected_total", {"authorization": f"Bearer {KEY}"}) >= (
-            rejected_before + 2
-        ), "the SDK did not retry"
+        assert metric(guarded_server, "localimg_rejected_total", auth) >= rejected_before + 2, "the SDK did not retry"
         # A stream is refused before its first byte (not with an error event inside a 200), and an upload before
         # its images are decoded: the same 429 the SDK retries.
         with pytest.raises(openai.RateLimitError):
@@ -145,7 +150,14 @@ def test_a_queue_that_stays_full_ends_the_sdk_retries_in_rate_limit_error(guarde
         Image.new("RGB", (64, 64), (200, 30, 30)).save(upload, format="PNG")
         with pytest.raises(openai.RateLimitError):
             client.images.edit(image=upload.getvalue(), prompt="edit", model="tiny-sd15", size="64x64")
-        assert all(len(holder.result().data) == 1 for holder in holders)
+        assert queued() == 2, "a holding job ended during the checks"
+    finally:
+        for holder in holders:
+            holder.close()  # the server cancels a job whose client is gone
+    deadline = time.monotonic() + 60
+    while queued():
+        assert time.monotonic() < deadline, "the closed streams' jobs were not cancelled"
+        time.sleep(0.1)
 
 
 def test_wrong_or_missing_key_is_401_invalid_api_key(guarded_server: ServerProcess):

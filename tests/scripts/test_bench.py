@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,17 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
         assert row["concurrency"]["images_per_s"] > 0
         assert row["concurrency"]["p99_s"] >= row["concurrency"]["p50_s"] > 0
         assert len(row["samples"]["plain"]) == len(row["samples"]["engine"]) == len(row["samples"]["http"]) == 1
+        # The same seed through plain diffusers and the engine: on a CPU nothing lossy or fused is applied, so
+        # the images match but for float rounding.
+        assert set(row["lossless"]) == set(bench.DIFFERENCE_FIELDS) and row["lossless"]["seed"] == bench.LOSSLESS_SEED
+        assert row["lossless"]["mean_abs"] <= 0.5 and row["lossless"]["max_abs"] <= 8, row["lossless"]
         variants = [a["variant"] for a in row["ablations"]]
         expected = [v for v in bench.VARIANTS if v != "-cuda_graphs" or row["family"] in ("sd15", "sdxl")]
         assert variants == expected
         for ablation in row["ablations"]:
             assert ablation["engine_s"] > 0 and ablation["ratio"] > 0
+            assert set(ablation["difference"]) == set(bench.DIFFERENCE_FIELDS)
+    assert report["skipped"] == [] and report["deadline_s"] is None
 
 
 def test_load_phases_are_read_from_the_metrics_page():
@@ -91,3 +98,34 @@ def test_a_run_cut_short_leaves_its_measured_stages_in_out(
     assert set(row) == set(bench.ROW_FIELDS)
     assert row["plain_s"] > 0 and row["engine_s"] > 0 and len(row["samples"]["engine"]) == 1
     assert row["http_s"] is None and row["concurrency"] is None and row["samples"]["http"] is None
+
+
+def test_a_deadline_starts_no_stage_past_it_and_names_what_it_skipped(
+    tmp_path: Path, tiny_models_toml: Path, monkeypatch: pytest.MonkeyPatch
+):
+    plain = bench.run_plain
+
+    def slow_plain(*args: object) -> object:
+        time.sleep(0.5)  # the deadline passes during the first model's first stage
+        return plain(*args)
+
+    monkeypatch.setattr(bench, "run_plain", slow_plain)
+    monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
+    out = tmp_path / "bench.json"
+    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15", "--variants", "+fp8", "--deadline-s", "0.3", "--repeats",
+            "1", "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] is True and report["deadline_s"] == 0.3
+    assert report["skipped"] == ["tiny-flux:http", "tiny-flux:+fp8", "tiny-sd15"]
+    (row,) = report["rows"]  # a stage started before the deadline ends, and is reported
+    assert row["plain_s"] > 0 and row["engine_s"] > 0 and row["http_s"] is None and row["ablations"] == []
+
+
+def test_variants_pick_ablations_and_unknown_ones_are_refused(capsys: pytest.CaptureFixture[str]):
+    assert bench.parse_args(["--tiny"]).variants == []
+    assert bench.parse_args(["--tiny", "--ablate"]).variants == list(bench.VARIANTS)
+    assert bench.parse_args(["--tiny", "--variants", "+fp8, fast"]).variants == ["+fp8", "fast"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--variants", "+fp9"])
+    assert "unknown variant(s) +fp9" in capsys.readouterr().err

@@ -332,6 +332,31 @@ def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reload
     run(test, engine)
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("model_kind_mismatch", "its weights are another kind of model than its configuration names"),
+        ("model_limits_mismatch", "its weights cannot make every image size its configuration allows"),
+        ("model_load_failed", "its weights failed to load"),
+    ],
+)
+def test_a_client_is_told_why_a_model_is_unavailable_in_its_own_words(code: str, reason: str):
+    broken = StandInBackend("broken")
+    broken.load_fails_with = ModelUnavailableError("/srv/w: model_index.json names FluxPipeline", code=code)
+    engine = engine_for(broken)
+
+    async def test() -> None:
+        with pytest.raises(ModelUnavailableError) as info:
+            await engine.generate(plan(1, model="broken"))
+        assert info.value.code == code
+        assert (
+            info.value.message
+            == f"The model 'broken' is not available on this server: {reason}. The server's log says why."
+        )
+
+    run(test, engine)
+
+
 def test_a_model_that_does_not_fit_frees_the_others_and_tries_again():
     resident = StandInBackend("resident")
     large = StandInBackend("large")
