@@ -70,6 +70,13 @@ def serve(
             help="Weights of resident models; default: 3/4 of GPU memory, no CPU limit.",
         ),
     ] = None,
+    swap_patience: Annotated[
+        float,
+        typer.Option(
+            envvar="LOCALIMG_SWAP_PATIENCE",
+            help="Seconds a job whose model would unload another may wait for jobs on loaded models; 0: never.",
+        ),
+    ] = 30.0,
     warmup: Annotated[
         list[str],
         typer.Option(envvar="LOCALIMG_WARMUP", help="Sizes (WxH) generated once per preloaded model at start."),
@@ -117,6 +124,7 @@ def serve(
                 batch_window_ms=batch_window_ms,
                 request_timeout_s=request_timeout or None,
                 memory_budget_gb=memory_budget_gb,
+                swap_patience_s=swap_patience,
                 warmup_sizes=_split(warmup),
                 drain_timeout_s=drain_timeout,
                 api_key_hashes=key_hashes(_split(api_key), api_keys_file),

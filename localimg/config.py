@@ -30,6 +30,8 @@ class Settings:
     batch_window_ms: float = 10.0
     request_timeout_s: float | None = 600.0
     memory_budget_gb: float | None = None
+    # How long a job whose model would unload another may wait while queued jobs run on the loaded ones.
+    swap_patience_s: float = 30.0
     # Sizes ("WxH") generated once per preloaded model at start, so the first request is not the slow one.
     warmup_sizes: tuple[str, ...] = ()
     # Lifecycle: how long SIGTERM waits for queued and running jobs before failing them with a 503.

@@ -90,6 +90,7 @@ def engine_config(settings: Settings, memory_budget_bytes: int | None) -> Engine
         batch_window_s=settings.batch_window_ms / 1000,
         request_timeout_s=settings.request_timeout_s or None,
         memory_budget_bytes=memory_budget_bytes,
+        swap_patience_s=settings.swap_patience_s,
     )
 
 
@@ -116,7 +117,11 @@ def check_settings(settings: Settings) -> None:
         "--memory-budget-gb": settings.memory_budget_gb,
         "--request-timeout": settings.request_timeout_s,  # 0 (none) arrives here as None
     }
-    non_negative = {"--batch-window-ms": settings.batch_window_ms, "--drain-timeout": settings.drain_timeout_s}
+    non_negative = {
+        "--batch-window-ms": settings.batch_window_ms,
+        "--drain-timeout": settings.drain_timeout_s,
+        "--swap-patience": settings.swap_patience_s,
+    }
     for flag, value in (*positive.items(), *non_negative.items()):
         if value is None:
             continue

@@ -454,7 +454,7 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
     log_path = work / f"server-{case.name}.log"
     command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(toml), "--host", "127.0.0.1",
                "--port", str(port), "--device", device.torch_name, "--preload", case.name]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": import_path(REPO_ROOT)}
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0, timeout=600)
     counter = iter(range(1_000_000))
 
@@ -593,6 +593,12 @@ def percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def import_path(root: Path) -> str:
+    """PYTHONPATH for a child process: `root` first, then the caller's own entries (on the GPU host, the folder
+    its carried wheels were installed to)."""
+    return os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))
 
 
 def free_port() -> int:

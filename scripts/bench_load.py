@@ -119,7 +119,7 @@ class started_server:  # noqa: N801 - used as a context manager, like open()
             self.port = sock.getsockname()[1]
         command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(config), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--preload", model, "--max-queue", "256", *flags]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> str:

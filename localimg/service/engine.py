@@ -55,6 +55,7 @@ class EngineConfig:
     request_timeout_s: float | None = None  # per job, from admission; None: no limit
     memory_budget_bytes: int | None = None  # resident models' weights; None: no limit
     retry_after_s: float = 1.0  # suggested to refused clients
+    swap_patience_s: float = 30.0  # how long a job may wait while others run on the loaded models (scheduler.py)
 
 
 class Engine:
@@ -257,7 +258,9 @@ class Engine:
 
     def _collect_batch(self) -> list[Job]:
         """With the lock held: the next job in turn, plus compatible ones arriving within the batch window."""
-        head = self._queue.pop_next()
+        head = self._queue.pop_next(
+            lambda job: self._residency.loads_without_eviction(job.plan.model), self.config.swap_patience_s
+        )
         if head is None:
             return []
         batch = [head]

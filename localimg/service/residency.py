@@ -60,6 +60,14 @@ class ModelResidency:
     def is_loaded(self, name: str) -> bool:
         return name in self._resident
 
+    def loads_without_eviction(self, name: str) -> bool:
+        """Whether serving `name` now leaves every resident model loaded. A model never loaded has no known size:
+        with a budget and other models resident, it is assumed not to fit."""
+        if name in self._resident or self._budget is None or not self._resident:
+            return True
+        size = self._known_size.get(name)
+        return size is not None and sum(self._resident.values()) + size <= self._budget
+
     def load_error(self, name: str) -> str | None:
         """Why the model's last load failed (for the operator), or None."""
         failure = self._failures.get(name)

@@ -11,6 +11,11 @@ change a pixel value by one). A batch holds at most `max_images` images (a job's
 Fairness: clients (API key or remote address) are served round-robin, one job per client per turn, both for
 the job that opens a batch and for the jobs merged into it, so one client's many jobs or large `n` cannot keep
 another client's job waiting for more than one turn.
+
+Model swaps: when the job whose turn it is needs a model that would unload another (the memory budget holds
+not all of them), and a later client's next job runs on what is loaded, that job goes first, for up to the
+engine's swap patience from the first job's admission; the skipped client keeps its turn. Alternating clients
+of two models that do not fit together would otherwise reload a model for every job (tens of seconds each).
 """
 
 from __future__ import annotations
@@ -97,15 +102,32 @@ class FairQueue:
         self._clients.clear()
         return jobs
 
-    def pop_next(self) -> Job | None:
-        """The first job of the client whose turn it is; that client goes to the back of the line."""
-        while self._clients:
-            client, jobs = next(iter(self._clients.items()))
-            job = jobs.popleft()
-            self._served(client)
-            if not job.done:
-                return job
-        return None
+    def pop_next(self, prefer: Callable[[Job], bool] | None = None, patience_s: float = 0.0) -> Job | None:
+        """The first job of the client whose turn it is; that client goes to the back of the line. With `prefer`:
+        if that job is not preferred and was admitted less than `patience_s` ago, the next job of the first later
+        client whose next job is preferred, if any, instead."""
+        heads = self._live_heads()
+        if not heads:
+            return None
+        client, job = heads[0]
+        if prefer is not None and not prefer(job) and time.monotonic() - job.enqueued_at < patience_s:
+            client, job = next(((c, j) for c, j in heads[1:] if prefer(j)), (client, job))
+        self._clients[client].popleft()
+        self._served(client)
+        return job
+
+    def _live_heads(self) -> list[tuple[str, Job]]:
+        """Each client's next job, in turn order, after dropping the jobs already finished (cancelled)."""
+        heads = []
+        for client in list(self._clients):
+            jobs = self._clients[client]
+            while jobs and jobs[0].done:
+                jobs.popleft()
+            if jobs:
+                heads.append((client, jobs[0]))
+            else:
+                del self._clients[client]
+        return heads
 
     def take_compatible(self, key: Hashable, room: int) -> list[Job]:
         """Jobs with `batch_key == key` and at most `room` images in all: one per client per round, in turn order."""

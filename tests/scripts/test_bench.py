@@ -74,6 +74,14 @@ def test_load_phases_are_read_from_the_metrics_page():
     assert bench.load_phases(page, "a") == {"total": 12.5, "read": 8.25}
 
 
+def test_the_server_process_keeps_the_callers_import_path(monkeypatch: pytest.MonkeyPatch):
+    # On the GPU host the carried wheels (diffusers, fastapi, ...) are importable through PYTHONPATH alone.
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    assert bench.import_path(Path("/repo")) == os.pathsep.join(["/repo", "/tmp/site"])
+    monkeypatch.delenv("PYTHONPATH")
+    assert bench.import_path(Path("/repo")) == "/repo"
+
+
 def test_percentile():
     assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert bench.percentile([1.0, 2.0], 99) == 1.99

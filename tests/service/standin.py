@@ -35,6 +35,7 @@ class StandInBackend:
     started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     loaded: bool = False
+    journal: list[str] | None = None  # shared by several backends: their calls' order, by backend name
 
     def __post_init__(self) -> None:
         self.spec = SimpleNamespace(name=self.name, max_batch=64)
@@ -58,6 +59,8 @@ class StandInBackend:
         assert self.loaded
         assert len({plan.batch_key for plan in batch}) == 1, "the engine merged incompatible plans"
         self.calls.append(list(batch))
+        if self.journal is not None:
+            self.journal.append(self.name)
         seeds = [seed for plan in batch for seed in plan.seeds]
         width, height = batch[0].width, batch[0].height
         images = [Image.new("RGB", (width, height), colour(seed)) for seed in seeds]

@@ -303,6 +303,49 @@ def test_least_recently_used_model_is_unloaded_to_fit_the_budget():
     assert engine.metrics.registry.get_sample_value("localimg_model_evictions_total", {"model": "b"}) == 1
 
 
+@pytest.mark.parametrize(("patience_s", "order", "loads_of_a"), [(30.0, "aab", 1), (0.0, "baa", 2)])
+def test_jobs_on_the_loaded_model_go_first_for_the_swap_patience(patience_s: float, order: str, loads_of_a: int):
+    # Two models that do not fit together; the client whose turn it is wants the one not loaded.
+    journal: list[str] = []
+    a, b = (StandInBackend(name=name, size_bytes=10, journal=journal) for name in "ab")
+    engine = engine_for(a, b, memory_budget_bytes=15, batch_window_s=0.0, swap_patience_s=patience_s)
+
+    async def test() -> None:
+        await engine.preload(["b", "a"])  # a loaded, and b's size known
+        a.hold = True
+        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
+        assert await asyncio.to_thread(a.started.wait, 5)
+        jobs = [asyncio.create_task(engine.generate(plan(seed, model=model), client=client))
+                for seed, model, client in ((1, "b", "x"), (2, "a", "y"), (3, "a", "z"))]  # fmt: skip
+        await asyncio.sleep(0.05)  # every job queued, x's turn first
+        a.release.set()
+        await asyncio.gather(blocker, *jobs)
+        assert "".join(journal[1:]) == order
+        assert a.loads == loads_of_a and b.loads == 2
+
+    run(test, engine)
+
+
+def test_a_job_waits_no_longer_than_the_swap_patience():
+    a, b = (StandInBackend(name=name, size_bytes=10) for name in "ab")
+    engine = engine_for(a, b, memory_budget_bytes=15, batch_window_s=0.0, swap_patience_s=0.1)
+
+    async def test() -> None:
+        await engine.preload(["a"])
+        a.hold = True
+        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
+        assert await asyncio.to_thread(a.started.wait, 5)
+        wants_b = asyncio.create_task(engine.generate(plan(1, model="b"), client="x"))
+        await asyncio.sleep(0.2)  # past its patience before the worker picks
+        on_a = asyncio.create_task(engine.generate(plan(2, model="a"), client="y"))
+        await asyncio.sleep(0.02)
+        a.release.set()
+        await asyncio.gather(blocker, wants_b, on_a)
+        assert [call[0].seeds[0] for call in b.calls] == [1] and a.loads == 2  # b went first, then a came back
+
+    run(test, engine)
+
+
 def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reloaded_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ):

@@ -23,6 +23,7 @@ from localimg.server import check_settings
         ({"memory_budget_gb": -2.0}, "--memory-budget-gb"),
         ({"batch_window_ms": -1.0}, "--batch-window-ms"),
         ({"drain_timeout_s": float("inf")}, "--drain-timeout"),
+        ({"swap_patience_s": -1.0}, "--swap-patience"),
         ({"max_body_mb": 0.0}, "--max-body-mb"),
         ({"max_queue": 0}, "--max-queue"),
         ({"max_batch": 0}, "--max-batch"),
@@ -43,7 +44,7 @@ def test_bad_settings_name_their_flag(change: dict, flag: str):
     "change",
     [
         {},
-        {"request_timeout_s": None, "batch_window_ms": 0.0, "drain_timeout_s": 0.0},
+        {"request_timeout_s": None, "batch_window_ms": 0.0, "drain_timeout_s": 0.0, "swap_patience_s": 0.0},
         {"public_url": "https://images.example.com/base", "log_level": "WARNING", "port": 65535},
         {"host": "0.0.0.0", "insecure": True},
         {"host": "0.0.0.0", "api_key_hashes": ("0" * 64,)},
