@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -650,4 +651,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    # A time limit's SIGTERM unwinds like an exception, so the HTTP stage's server is stopped, not orphaned on the GPU.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
