@@ -61,9 +61,10 @@ class ModelResidency:
         return name in self._resident
 
     def loads_without_eviction(self, name: str) -> bool:
-        """Whether serving `name` now leaves every resident model loaded. A model never loaded has no known size:
-        with a budget and other models resident, it is assumed not to fit."""
-        if name in self._resident or self._budget is None or not self._resident:
+        """Whether serving `name` now leaves every resident model loaded: it is resident, it fits, or it failed
+        to load moments ago (its jobs fail at once). A model never loaded has no known size: with a budget and
+        other models resident, it is assumed not to fit."""
+        if name in self._resident or self._budget is None or not self._resident or self._backing_off(name):
             return True
         size = self._known_size.get(name)
         return size is not None and sum(self._resident.values()) + size <= self._budget
@@ -80,9 +81,8 @@ class ModelResidency:
         if name in self._resident:
             self._resident.move_to_end(name)
             return backend
-        failure = self._failures.get(name)
-        if failure is not None and time.monotonic() - failure.at < RELOAD_BACKOFF_S:
-            raise failure.error(name)
+        if self._backing_off(name):
+            raise self._failures[name].error(name)
         self._make_room(self._known_size.get(name, 0), keep=name)
         started = time.perf_counter()
         try:
@@ -107,6 +107,10 @@ class ModelResidency:
         log.info("model %s loaded in %.1f s (%.2f GB)", name, seconds, size / 1e9)
         self._make_room(0, keep=name)
         return backend
+
+    def _backing_off(self, name: str) -> bool:
+        failure = self._failures.get(name)
+        return failure is not None and time.monotonic() - failure.at < RELOAD_BACKOFF_S
 
     def unload_all(self) -> None:
         for name in list(self._resident):

@@ -346,6 +346,33 @@ def test_a_job_waits_no_longer_than_the_swap_patience():
     run(test, engine)
 
 
+def test_a_job_for_a_model_that_just_failed_to_load_is_answered_at_once_not_after_the_patience(
+    caplog: pytest.LogCaptureFixture,
+):
+    a = StandInBackend(name="a", size_bytes=10)
+    broken = StandInBackend(name="broken", size_bytes=10)
+    broken.load_fails_with = ModelUnavailableError("no weights", code="model_weights_missing")
+    engine = engine_for(a, broken, memory_budget_bytes=15, batch_window_s=0.0, swap_patience_s=30.0)
+
+    async def test() -> None:
+        await engine.preload(["broken", "a"])
+        a.hold = True
+        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
+        assert await asyncio.to_thread(a.started.wait, 5)
+        doomed = asyncio.create_task(engine.generate(plan(1, model="broken"), client="x"))
+        others = [asyncio.create_task(engine.generate(plan(i, model="a"), client=f"y{i}")) for i in range(2, 5)]
+        await asyncio.sleep(0.05)
+        a.release.set()
+        with pytest.raises(ModelUnavailableError):
+            await doomed
+        await asyncio.gather(blocker, *others)
+
+    with caplog.at_level("INFO", logger="localimg.service.engine"):
+        run(test, engine)
+    batches = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("batch model=")]
+    assert batches == ["model=a", "model=broken", "model=a", "model=a", "model=a"]  # in x's turn, not after y's
+
+
 def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reloaded_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ):
