@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -98,7 +100,7 @@ ROW_FIELDS = (
     "model", "family", "size", "steps", "plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http",
     "http_overhead", "steps_per_s", "flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
     "peak_mem_engine_gb", "load_s", "load_phases", "cold_start_s", "ready_s", "cold_start_phases", "optimizations",
-    "lossless", "concurrency", "ablations", "samples",
+    "lossless", "concurrency", "ablations", "errors", "samples",
 )  # fmt: skip
 DIFFERENCE_FIELDS = ("seed", "mean_abs", "max_abs")
 CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
@@ -120,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(cases)}", file=sys.stderr)
         return 2
     rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []  # models whose plain or engine stage raised: no row
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     budget = Budget(args.deadline_s)
 
-    def report(partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    def report(partial: dict[str, Any] | None = None, *, complete: bool = False) -> dict[str, Any]:
         return {
             "date": started_at,
-            "complete": partial is None,  # false in the checkpoints written while a model is measured
+            "complete": complete,  # false in the checkpoints written while the run goes on
             "device": device.name,
             "device_kind": device.kind,
             "host": platform.node(),
@@ -136,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "deadline_s": args.deadline_s or None,
             "skipped": budget.skipped,
+            "failed": failed,
             "rows": rows if partial is None else [*rows, partial],
         }
 
-    def checkpoint(partial: dict[str, Any]) -> None:
+    def checkpoint(partial: dict[str, Any] | None) -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report(partial), indent=2) + "\n")
 
@@ -150,9 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         if not budget.allows(name):
             continue
         print(f"== {name}", flush=True)
-        rows.append(bench_model(case, args, device, work, checkpoint, budget))
-        release_memory(device)
-    final = report()
+        # One model's failure (a kernel, a compile, the disk) must not cost the next models their measurement.
+        try:
+            rows.append(bench_model(case, args, device, work, checkpoint, budget))
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON and on stderr
+            traceback.print_exc()
+            failed.append({"model": name, "error": describe_error(exc)})
+            checkpoint(None)
+        finally:
+            if not args.tiny and not args.keep_weights:
+                shutil.rmtree(work / "models" / name, ignore_errors=True)
+            release_memory(device)
+    final = report(complete=True)
     print_table(final)
     if args.out:
         Path(args.out).write_text(json.dumps(final, indent=2) + "\n")
@@ -226,6 +239,7 @@ def bench_model(
     checkpoint: Callable[[dict[str, Any]], None],
     budget: Budget,
 ) -> dict[str, Any]:
+    from localimg.backends.device import release_memory
     from localimg.registry import Registry
     from localimg.testing.flops import image_flops, mfu, peak_flops
 
@@ -248,11 +262,13 @@ def bench_model(
         steps=case.steps,
         flops_per_image=flops,
         ablations=[],
+        errors={},  # stage -> the error of a stage that failed after the row's first two (HTTP, a variant)
         samples={"plain": None, "engine": None, "http": None},
     )
 
     plain_times, plain_mem, reference = run_plain(case, in_memory, spec, device, args)
     del in_memory
+    release_memory(device)  # the built pipeline: its hooks hold it in a reference cycle after a call
     plain_s = statistics.median(plain_times)
     row.update(plain_s=plain_s, mfu_plain=mfu(flops, plain_s, peak), peak_mem_plain_gb=plain_mem)
     row["samples"]["plain"] = plain_times
@@ -274,8 +290,15 @@ def bench_model(
     row["samples"]["engine"] = engine["times"]
     checkpoint(row)
 
+    http = None
     if not args.no_http and budget.allows(f"{case.name}:http"):
-        http = run_http(case, toml, device, args, work)
+        try:
+            http = run_http(case, toml, device, args, work)
+        except Exception as exc:  # noqa: BLE001 - the row keeps it; the variants still run
+            traceback.print_exc()
+            row["errors"]["http"] = describe_error(exc)
+            checkpoint(row)
+    if http is not None:
         http_s = http["median"]
         row.update(
             http_s=http_s,
@@ -296,17 +319,20 @@ def bench_model(
         if not budget.allows(f"{case.name}:{variant}"):
             break
         opt = dataclasses.replace(spec.optimize, **VARIANTS[variant])
-        result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
+        try:
+            result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
+        except Exception as exc:  # noqa: BLE001 - the row keeps it; the other variants still run
+            traceback.print_exc()
+            row["errors"][variant] = describe_error(exc)
+            checkpoint(row)
+            release_memory(device)
+            continue
         row["ablations"].append({
             "variant": variant, "engine_s": result["median"], "ratio": result["median"] / plain_s,
             "load_s": result["load_s"], "optimizations": result["optimizations"],
             "difference": difference(result["image"], reference),
         })  # fmt: skip
         checkpoint(row)
-    if not args.tiny and not args.keep_weights:
-        import shutil
-
-        shutil.rmtree(work / "models" / case.name, ignore_errors=True)
     return row
 
 
@@ -334,6 +360,7 @@ def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path)
         if device.kind == "cuda":
             torch.cuda.synchronize()
         print(f"  built {case.name} in {time.perf_counter() - started:.1f} s", flush=True)
+        check_disk_space(pipe, work)
         started = time.perf_counter()
         pipe.save_pretrained(folder, safe_serialization=True)
         print(f"  saved to {folder} in {time.perf_counter() - started:.1f} s", flush=True)
@@ -342,6 +369,19 @@ def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path)
     toml = work / f"{case.name}.toml"
     toml.write_text(models_toml(case, folder, work))
     return toml, pipe
+
+
+def check_disk_space(pipe: Any, work: Path) -> None:
+    """Fail before writing when the folder would not fit (FLUX is ~34 GB): a full disk half-way through a save
+    costs minutes of device time and leaves a broken folder."""
+    import torch
+
+    tensors = [t for part in pipe.components.values() if isinstance(part, torch.nn.Module)
+               for t in (*part.parameters(), *part.buffers())]  # fmt: skip
+    needed = sum(t.numel() * t.element_size() for t in tensors) * 1.02 + 1e9
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise RuntimeError(f"{work}: {free / 1e9:.1f} GB free, {needed / 1e9:.1f} GB needed to save the model")
 
 
 def models_toml(case: Case, folder: Path, work: Path) -> str:
@@ -408,6 +448,7 @@ def run_plain(
 
 def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    import torch._dynamo
 
     from localimg.backends.base import GenerationPlan
     from localimg.backends.device import release_memory
@@ -438,6 +479,9 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     finally:
         engine.close()
         loop.close()
+        # What a fresh server process would start from: without this, dynamo's per-code-object state carries
+        # over, and the next model (or variant) of the same classes compiles for dynamic sizes.
+        torch._dynamo.reset()
     release_memory(device)
     print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
     return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
@@ -454,7 +498,10 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
     port = free_port()
     log_path = work / f"server-{case.name}.log"
     command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(toml), "--host", "127.0.0.1",
-               "--port", str(port), "--device", device.torch_name, "--preload", case.name]  # fmt: skip
+               "--port", str(port), "--device", device.torch_name, "--preload", case.name,
+               # No merging: the warm-up compiles one image per call, and a merged call of 3 or 4 would compile
+               # (and capture CUDA graphs) inside the timed concurrency run. Measure merging on its own.
+               "--batch-window-ms", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": import_path(REPO_ROOT)}
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0, timeout=600)
     counter = iter(range(1_000_000))
@@ -486,6 +533,7 @@ def run_http(case: Case, toml: Path, device: Any, args: argparse.Namespace, work
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
+                server.wait()  # its GPU memory is free before the next stage loads
     print(f"  localimg HTTP: {statistics.median(times):.3f} s; cold start {cold_start_s:.1f} s; "
           f"{concurrency['images_per_s']:.2f} images/s with {concurrency['clients']} clients", flush=True)  # fmt: skip
     return {"median": statistics.median(times), "times": times, "ready_s": ready_s, "cold_start_s": cold_start_s,
@@ -568,6 +616,10 @@ def timed(
         first = result if index == 0 else first
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda and measure_memory else None
     return times, peak, first
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def difference(image: Any, reference: Any) -> dict[str, float]:

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNET_FAMILIES = ("sd15", "sdxl")
-# torch's own order, captured before anything changes it, so "default" can put it back.
-DEFAULT_SDPA_PRIORITY: list[int] = list(torch._C._get_sdp_priority_order())
 _SDPA_BACKENDS = {
     "cudnn": torch.nn.attention.SDPBackend.CUDNN_ATTENTION,
     "flash": torch.nn.attention.SDPBackend.FLASH_ATTENTION,
@@ -183,11 +181,23 @@ def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec,
 
 def set_sdpa_priority(choice: str) -> None:
     """Put one SDPA backend first in torch's (process-wide) priority order; "default" restores torch's order."""
+    default = _torch_sdpa_priority()
     if choice == "default":
-        torch._C._set_sdp_priority_order(DEFAULT_SDPA_PRIORITY)
+        torch._C._set_sdp_priority_order(list(default))
         return
     first = int(_SDPA_BACKENDS[choice])
-    torch._C._set_sdp_priority_order([first, *(b for b in DEFAULT_SDPA_PRIORITY if b != first)])
+    torch._C._set_sdp_priority_order([first, *(b for b in default if b != first)])
+
+
+@functools.cache
+def _torch_sdpa_priority() -> tuple[int, ...]:
+    """torch's own SDPA order, read before anything here changes it. On CUDA torch settles its order at the
+    process's first attention call (cuDNN first on Hopper and Blackwell with cuDNN > 9.15), overwriting whatever
+    was set before: one tiny call makes that happen now, so the order read is torch's and later choices stick."""
+    if torch.cuda.is_available():
+        q = torch.zeros(1, 1, 8, 64, device="cuda", dtype=torch.float16)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    return tuple(torch._C._get_sdp_priority_order())
 
 
 class PromptEmbeddingCache:
@@ -282,22 +292,35 @@ def _start_schedules_at_zero(pipe: DiffusionPipeline) -> None:
     scheduler.set_timesteps = set_timesteps
 
 
+def cloning_outputs(call: Callable[..., Any]) -> Callable[..., Any]:
+    """`call`, with every tensor it returns copied. A CUDA-graph replay returns the graph's own output buffers,
+    which the next replay overwrites: without classifier-free guidance a pipeline hands the UNet's output
+    straight to its scheduler, and multistep schedulers (PNDM, SD 1.5's default) keep it across steps. A copy of
+    a latent-sized tensor per step costs nothing measurable."""
+    from torch.utils._pytree import tree_map_only
+
+    def call_and_copy(*args: Any, **kwargs: Any) -> Any:
+        return tree_map_only(torch.Tensor, torch.clone, call(*args, **kwargs))
+
+    return call_and_copy
+
+
 def _quantize_fp8(module: Any, dtype: str) -> bool:
     try:
-        from torchao.quantization import quantize_
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+        from torchao.quantization.quantize_.common import KernelPreference
     except ImportError:
-        logger.warning("optimize.fp8 needs torchao (pip install torchao); not applied")
+        logger.warning("optimize.fp8 needs torchao >= 0.14 (pip install torchao); not applied")
         return False
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
-
+    config = Float8DynamicActivationFloat8WeightConfig(
         # Row-wise scales keep more precision, but torchao implements them for bfloat16 weights only.
-        granularity = PerRow() if dtype == "bfloat16" else PerTensor()
-        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
-    except ImportError:  # older torchao
-        from torchao.quantization import float8_dynamic_activation_float8_weight
-
-        config = float8_dynamic_activation_float8_weight()
+        granularity=PerRow() if dtype == "bfloat16" else PerTensor(),
+        # torch._scaled_mm. The default (AUTO) looks for an optional kernel package on every linear call, which
+        # torch.compile up to 2.11 cannot trace: a graph break, an error under fullgraph (pytorch/ao#4279).
+        kernel_preference=KernelPreference.TORCH,
+        # True would retune inductor for every model this process compiles, not only this one.
+        set_inductor_config=False,
+    )
     quantize_(module, config)
     return True
 
@@ -319,6 +342,8 @@ def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -
         if spec.family in UNET_FAMILIES:
             # A UNet step is many small kernels: CUDA graphs ("reduce-overhead") remove the launch gaps.
             denoiser.compile(mode="reduce-overhead" if plan.cuda_graphs else None, dynamic=plan.compile_dynamic)
+            if plan.cuda_graphs:  # nn.Module.__call__ runs _compiled_call_impl once compile() has set it
+                denoiser._compiled_call_impl = cloning_outputs(denoiser._compiled_call_impl)
         else:
             # A step cache decides per step whether to run the remaining blocks: a deliberate graph break
             # (torch.compiler.disable in diffusers' hooks), so the blocks then compile as several graphs.

@@ -12,7 +12,12 @@ from PIL import Image
 from localimg.backends.base import EditInputs, GenerationPlan, StepProgress
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
-from localimg.backends.optimizations import PromptEmbeddingCache, resolve_optimizations
+from localimg.backends.optimizations import (
+    PromptEmbeddingCache,
+    cloning_outputs,
+    resolve_optimizations,
+    set_sdpa_priority,
+)
 from localimg.registry import ImageSize, OptimizeSettings, Registry
 
 OFF = OptimizeSettings(preset="off")
@@ -193,3 +198,35 @@ def test_resolve(settings, family, device, expected):
     plan = resolve_optimizations(settings, family, device[0], device[1], ImageSize(1024, 1024))
     for key, value in expected.items():
         assert getattr(plan, key) == value, key
+
+
+def test_an_attention_choice_goes_first_and_default_puts_torchs_order_back():
+    import torch
+
+    torchs = list(torch._C._get_sdp_priority_order())
+    try:
+        set_sdpa_priority("flash")
+        chosen = list(torch._C._get_sdp_priority_order())
+        assert chosen[0] == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION) and sorted(chosen) == sorted(torchs)
+        set_sdpa_priority("math")
+        assert torch._C._get_sdp_priority_order()[0] == int(torch.nn.attention.SDPBackend.MATH)
+    finally:
+        set_sdpa_priority("default")
+    assert list(torch._C._get_sdp_priority_order()) == torchs
+
+
+def test_cuda_graph_outputs_are_copied_before_the_next_replay_can_overwrite_them():
+    import torch
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    buffer = torch.arange(4.0)  # stands for a CUDA graph's static output
+
+    def replay(return_dict: bool) -> object:
+        return UNet2DConditionOutput(sample=buffer) if return_dict else (buffer,)
+
+    copying = cloning_outputs(replay)
+    (as_tuple,) = copying(False)
+    as_output = copying(True)
+    assert isinstance(as_output, UNet2DConditionOutput)
+    buffer.fill_(-1.0)  # the next replay
+    assert as_tuple.tolist() == as_output.sample.tolist() == [0.0, 1.0, 2.0, 3.0]

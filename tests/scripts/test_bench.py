@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,8 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
         for ablation in row["ablations"]:
             assert ablation["engine_s"] > 0 and ablation["ratio"] > 0
             assert set(ablation["difference"]) == set(bench.DIFFERENCE_FIELDS)
-    assert report["skipped"] == [] and report["deadline_s"] is None
+    assert report["skipped"] == [] and report["failed"] == [] and report["deadline_s"] is None
+    assert all(row["errors"] == {} for row in report["rows"])
 
 
 def test_load_phases_are_read_from_the_metrics_page():
@@ -92,13 +94,13 @@ def test_a_run_cut_short_leaves_its_measured_stages_in_out(
     tmp_path: Path, tiny_models_toml: Path, monkeypatch: pytest.MonkeyPatch
 ):
     def time_limit(*args: object) -> dict:
-        raise TimeoutError("the device call's time limit")
+        raise SystemExit(143)  # what the script's SIGTERM handler raises when a device call's time is up
 
     monkeypatch.setattr(bench, "run_http", time_limit)
     monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
     out = tmp_path / "bench.json"
     argv = ["--tiny", "--repeats", "1", "--warmup", "0", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
-    with pytest.raises(TimeoutError):
+    with pytest.raises(SystemExit):
         bench.main(argv)
     report = json.loads(out.read_text())
     assert report["complete"] is False
@@ -106,6 +108,43 @@ def test_a_run_cut_short_leaves_its_measured_stages_in_out(
     assert set(row) == set(bench.ROW_FIELDS)
     assert row["plain_s"] > 0 and row["engine_s"] > 0 and len(row["samples"]["engine"]) == 1
     assert row["http_s"] is None and row["concurrency"] is None and row["samples"]["http"] is None
+
+
+def test_a_failed_stage_or_model_is_reported_and_the_run_goes_on(
+    tmp_path: Path, tiny_models_toml: Path, monkeypatch: pytest.MonkeyPatch
+):
+    plain, engine = bench.run_plain, bench.run_engine
+
+    def plain_failing_for_flux(case: bench.Case, *args: object) -> object:
+        if case.name == "tiny-flux":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return plain(case, *args)
+
+    def engine_failing_for_fp8(case: bench.Case, spec: Any, *args: object) -> object:
+        if spec.optimize.fp8:
+            raise ValueError("Unsupported: graph break under fullgraph")
+        return engine(case, spec, *args)
+
+    def http_failing(*args: object) -> dict:
+        raise RuntimeError("server exited with 1")
+
+    monkeypatch.setattr(bench, "run_plain", plain_failing_for_flux)
+    monkeypatch.setattr(bench, "run_engine", engine_failing_for_fp8)
+    monkeypatch.setattr(bench, "run_http", http_failing)
+    monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
+    out = tmp_path / "bench.json"
+    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15", "--variants", "+fp8,-prompt_cache", "--repeats", "1",
+            "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] is True
+    assert report["failed"] == [{"model": "tiny-flux", "error": "RuntimeError: CUDA error: an illegal memory "
+                                 "access was encountered"}]  # fmt: skip
+    (row,) = report["rows"]
+    assert row["model"] == "tiny-sd15" and row["engine_s"] > 0 and row["http_s"] is None
+    assert row["errors"] == {"http": "RuntimeError: server exited with 1",
+                             "+fp8": "ValueError: Unsupported: graph break under fullgraph"}  # fmt: skip
+    assert [a["variant"] for a in row["ablations"]] == ["-prompt_cache"]
 
 
 def test_a_deadline_starts_no_stage_past_it_and_names_what_it_skipped(
