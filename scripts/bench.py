@@ -394,7 +394,7 @@ default_model = "{case.name}"
 family = "{case.family}"
 source = {{ path = "{folder}" }}
 default_size = "{case.size}x{case.size}"
-max_batch = 4
+max_batch = 1  # the benchmark never merges requests, so the warm-up compiles no batch of two
 limits = {{ min_side = 64, max_side = 2048, max_pixels = 4194304, multiple_of = 16 }}
 [models.{case.name}.quality]
 auto = "medium"

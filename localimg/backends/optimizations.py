@@ -161,18 +161,21 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
 
 def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, plan: OptimizationPlan) -> float:
     """Run every size of `plan.warmup_sizes` once per distinct quality preset shape (guidance on/off, text
-    length), so that compilation and CUDA-graph capture happen now rather than on a request. Returns the seconds
-    it took."""
+    length), so that compilation and CUDA-graph capture happen now rather than on a request. Compiled models
+    that batch also run a batch of two: torch then compiles for any batch size, so the first merged call under
+    load does not stop every request in it for a compile. Returns the seconds it took."""
     sizes = plan.warmup_sizes
     steps = WARMUP_STEPS if plan.step_cache == "off" else WARMUP_STEPS_WITH_STEP_CACHE
+    batches = ((0,), (0, 1)) if (plan.compile or plan.compile_vae) and spec.max_batch > 1 else ((0,),)
     started = time.perf_counter()
     shapes = {(preset.guidance, preset.max_sequence_length) for preset in spec.quality.values()}
     for size in sizes:
         for guidance, max_sequence_length in sorted(shapes, key=str):
-            generate([GenerationPlan(
-                model=spec.name, prompt="warm-up", width=size.width, height=size.height, steps=steps,
-                guidance_scale=guidance, seeds=(0,), max_sequence_length=max_sequence_length,
-            )])  # fmt: skip
+            for seeds in batches:
+                generate([GenerationPlan(
+                    model=spec.name, prompt="warm-up", width=size.width, height=size.height, steps=steps,
+                    guidance_scale=guidance, seeds=seeds, max_sequence_length=max_sequence_length,
+                )])  # fmt: skip
     seconds = time.perf_counter() - started
     if sizes:
         logger.info("model %s warmed up %s in %.1f s", spec.name, ", ".join(map(str, sizes)), seconds)

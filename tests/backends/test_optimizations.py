@@ -17,6 +17,7 @@ from localimg.backends.optimizations import (
     cloning_outputs,
     resolve_optimizations,
     set_sdpa_priority,
+    warm_up,
 )
 from localimg.registry import ImageSize, OptimizeSettings, Registry
 
@@ -170,6 +171,22 @@ def test_warmup_sizes_run_at_load(registry: Registry, name: str, step_cache: str
 
 
 CUDA_H100 = ("cuda", (9, 0))
+
+
+@pytest.mark.parametrize(("compiled", "max_batch", "batches"), [(True, 4, [1, 2]), (True, 1, [1]), (False, 4, [1])])
+def test_a_compiled_model_that_batches_warms_up_a_batch_of_two(
+    registry: Registry, compiled: bool, max_batch: int, batches: list[int]
+):
+    spec = registry.resolve("tiny-flux")
+    assert spec is not None
+    spec = dataclasses.replace(spec, max_batch=max_batch)
+    size = ImageSize(64, 64)
+    plan = resolve_optimizations(
+        OptimizeSettings(compile=compiled, compile_vae=compiled, warmup_sizes=(size,)), "flux", *CUDA_H100, size
+    )
+    calls: list[list[GenerationPlan]] = []
+    warm_up(calls.append, spec, plan)
+    assert [[p.n for p in call] for call in calls] == [[n] for n in batches]
 
 
 @pytest.mark.parametrize(
