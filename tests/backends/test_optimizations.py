@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from localimg.backends.base import EditInputs, GenerationPlan, StepProgress
@@ -59,10 +60,30 @@ def test_lossless_option_keeps_the_image(registry: Registry, name: str, option: 
     assert np.abs(image(optimized_backend) - plain).max() <= 1
 
 
-def test_fused_qkv_really_fuses(registry: Registry):
-    backend = backend_with(registry, "tiny-flux", dataclasses.replace(OFF, fuse_qkv=True))
-    assert backend.optimizations.fuse_qkv
-    assert any(getattr(m, "fused_projections", False) for m in backend._pipe.transformer.modules())
+@pytest.mark.parametrize(
+    "name", ["tiny-flux", "tiny-flux-fill", "tiny-flux-kontext", "tiny-sd15", "tiny-sdxl", "tiny-sd3"]
+)
+def test_fused_qkv_drops_the_separate_projections_and_serves_every_kind_of_call(registry: Registry, name: str):
+    unfused = backend_with(registry, name, OFF)
+    backend = backend_with(registry, name, dataclasses.replace(OFF, fuse_qkv=True))
+    assert backend.optimizations is not None and backend.optimizations.fuse_qkv
+    fused = [m for m in backend._pipe.components.values() if isinstance(m, torch.nn.Module)
+             for m in m.modules() if getattr(m, "fused_projections", False)]  # fmt: skip
+    assert fused and not any(hasattr(m, "to_qkv") and hasattr(m, "to_k") for m in fused)
+    assert backend.memory_bytes() == unfused.memory_bytes()  # the fused copies replace the separate ones
+    # Text to image, image to image and inpainting (the VAE encoder's attention is fused too) on the same modules.
+    source = Image.new("RGB", (64, 64), (200, 40, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    preset = backend.spec.quality["low"]
+    for edit in (None, EditInputs((source,), strength=0.6), EditInputs((source,), mask=mask, strength=1.0)):
+        plan = GenerationPlan(
+            model=name, prompt="a red fox", width=64, height=64, steps=2, guidance_scale=preset.guidance,
+            seeds=(4,), max_sequence_length=preset.max_sequence_length, edit=edit,
+        )  # fmt: skip
+        (expected,), (got,) = unfused.generate([plan]), backend.generate([plan])
+        gap = np.abs(np.asarray(got, dtype=np.float32) - np.asarray(expected, dtype=np.float32))
+        assert gap.max() <= 1, (edit, gap.max())
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sdxl"])
