@@ -420,7 +420,8 @@ def run_plain(
     from localimg.backends.families import adapter_for
     from localimg.backends.optimizations import set_sdpa_priority
 
-    set_sdpa_priority("default")  # a previous model's localimg stage may have changed torch's global order
+    # A previous model's localimg stage may have changed torch's global order.
+    set_sdpa_priority("default", torch_device(device))
     if pipe is None:
         dtype = torch.bfloat16 if device.kind == "cuda" else torch.float32
         assert spec.source.path is not None

@@ -129,7 +129,7 @@ def resolve_optimizations(
 
 def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceInfo, dtype: str) -> OptimizationPlan:
     """Apply `spec.optimize` to a pipeline already on `device`; returns what was applied."""
-    from localimg.backends.device import cuda_capability
+    from localimg.backends.device import cuda_capability, torch_device
 
     plan = resolve_optimizations(spec.optimize, spec.family, device.kind, cuda_capability(device), spec.default_size)
     denoiser = _denoiser(pipe)
@@ -140,7 +140,7 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
             module = getattr(pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    set_sdpa_priority(plan.attention)
+    set_sdpa_priority(plan.attention, torch_device(device))
     if plan.attention_dispatch is not None:
         if not hasattr(denoiser, "set_attention_backend"):
             raise ValueError(f"{type(denoiser).__name__} has no diffusers attention dispatcher")
@@ -182,9 +182,10 @@ def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec,
     return seconds
 
 
-def set_sdpa_priority(choice: str) -> None:
-    """Put one SDPA backend first in torch's (process-wide) priority order; "default" restores torch's order."""
-    default = _torch_sdpa_priority()
+def set_sdpa_priority(choice: str, device: torch.device | None = None) -> None:
+    """Put one SDPA backend first in torch's (process-wide) priority order; "default" restores torch's order.
+    `device`: where a CUDA process makes its first attention call, if it has not yet (see below)."""
+    default = _torch_sdpa_priority(device)
     if choice == "default":
         torch._C._set_sdp_priority_order(list(default))
         return
@@ -192,15 +193,21 @@ def set_sdpa_priority(choice: str) -> None:
     torch._C._set_sdp_priority_order([first, *(b for b in default if b != first)])
 
 
-@functools.cache
-def _torch_sdpa_priority() -> tuple[int, ...]:
+_torch_priority: tuple[int, ...] | None = None
+
+
+def _torch_sdpa_priority(device: torch.device | None) -> tuple[int, ...]:
     """torch's own SDPA order, read before anything here changes it. On CUDA torch settles its order at the
     process's first attention call (cuDNN first on Hopper and Blackwell with cuDNN > 9.15), overwriting whatever
     was set before: one tiny call makes that happen now, so the order read is torch's and later choices stick."""
-    if torch.cuda.is_available():
-        q = torch.zeros(1, 1, 8, 64, device="cuda", dtype=torch.float16)
-        torch.nn.functional.scaled_dot_product_attention(q, q, q)
-    return tuple(torch._C._get_sdp_priority_order())
+    global _torch_priority
+    if _torch_priority is None:
+        if torch.cuda.is_available():
+            where = device if device is not None and device.type == "cuda" else torch.device("cuda")
+            q = torch.zeros(1, 1, 8, 64, device=where, dtype=torch.float16)
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        _torch_priority = tuple(torch._C._get_sdp_priority_order())
+    return _torch_priority
 
 
 class PromptEmbeddingCache:
