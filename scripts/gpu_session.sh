@@ -16,12 +16,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MARGIN_S=60
 
-# Pinned to what the tests ran with. torchao 0.18.0 loads its kernels on torch >= 2.11 (the device image's);
-# before moving the pin, check min_torch_version in the new wheel's torchao/__init__.py.
+# Installed with --no-deps, so every requirement the device image lacks is listed. This exact set was rehearsed on
+# the device's stack (Python 3.12, torch 2.11.0, transformers 5.17.0, accelerate 1.15.0, huggingface_hub 1.33.0):
+# bench.py --tiny and the e2e tests passed. fastapi needs opentelemetry-api and openai needs httpx2, which the image
+# does not have. torchao 0.18.0 loads its kernels on torch >= 2.11; before moving that pin, check
+# min_torch_version in the new wheel's torchao/__init__.py.
 WHEELS=(
   diffusers==0.42.1 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34
   openai==3.54.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 pydantic==2.14.3 pydantic_core==2.50.4
   annotated-types==0.8.0 typing-inspection==0.4.5 h11==0.16.0 anyio==4.16.0 torchao==0.18.0
+  opentelemetry-api==1.45.3 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5 annotated-doc==0.0.7
+  requests==2.34.2 urllib3==2.8.0 charset-normalizer==3.5.3
 )
 
 fetch_wheels() {
@@ -37,7 +42,13 @@ run_on_device() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || return
   export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-  { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
+  # A package missing from the carried set fails here in seconds, not minutes into a stage.
+  if ! python3 -c 'import diffusers, fastapi, uvicorn, openai, torchao, localimg.cli, localimg.server' \
+    >"$out/imports.log" 2>&1; then
+    cat "$out/imports.log"
+    return 1
+  fi
+  { date -u; df -h /tmp; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } >"$out/env.txt" 2>&1
   timeout 60 python3 scripts/bench_encoding.py --size 1024 --out "$out/encoding.json" >"$out/encoding.log" 2>&1
 
