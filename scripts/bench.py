@@ -16,7 +16,8 @@ through models.toml with its optimizations (load time includes the warm-up of th
 on disk is warm from step 2), sequential latency, then a concurrency run. Stages free the device in between.
 `--ablate` adds one engine run per optimization toggled (see VARIANTS; `--variants` picks some). Median of
 `--repeats` after `--warmup`. Every engine run's image for seed LOSSLESS_SEED is compared with plain diffusers'.
-`--deadline-s` bounds the whole run: no model or stage starts after it, and the report names what it skipped.
+`--deadline-s` bounds the whole run: no model, HTTP stage or variant starts after it (a model's plain and
+engine stages run together), and the report names what it skipped.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+STARTED = time.monotonic()  # run as a script, --deadline-s counts from here: before torch's import
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -106,7 +108,7 @@ DIFFERENCE_FIELDS = ("seed", "mean_abs", "max_abs")
 CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []  # models whose plain or engine stage raised: no row
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    budget = Budget(args.deadline_s)
+    budget = Budget(args.deadline_s, time.monotonic() if started is None else started)
 
     def report(partial: dict[str, Any] | None = None, *, complete: bool = False) -> dict[str, Any]:
         return {
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoint(partial: dict[str, Any] | None) -> None:
         if args.out:
-            Path(args.out).write_text(json.dumps(report(partial), indent=2) + "\n")
+            write_json(Path(args.out), report(partial))
 
     for name in names:
         # --steps/--size shorten a dry run of the full-size path (e.g. on a CPU); the targets assume the defaults.
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     final = report(complete=True)
     print_table(final)
     if args.out:
-        Path(args.out).write_text(json.dumps(final, indent=2) + "\n")
+        write_json(Path(args.out), final)
         print(f"wrote {args.out}")
     return 0
 
@@ -184,7 +186,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="", help="write the JSON report here")
     parser.add_argument("--ablate", action="store_true", help="one engine run per optimization toggled")
     parser.add_argument("--variants", default="", help=f"comma-separated subset of --ablate ({', '.join(VARIANTS)})")
-    parser.add_argument("--deadline-s", type=float, default=0, help="start no model or stage after this many seconds")
+    parser.add_argument(
+        "--deadline-s", type=float, default=0, help="start no model, HTTP stage or variant after this many seconds"
+    )
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP stages")
     parser.add_argument("--clients", type=int, help="concurrent clients in the concurrency run (default 4; --tiny: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
@@ -214,10 +218,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Budget:
-    """`--deadline-s`: whether a model or stage may still start, and the names of those that could not."""
+    """`--deadline-s`: whether a model, HTTP stage or variant may still start, and the names of those that
+    could not."""
 
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds if seconds else None
+    def __init__(self, seconds: float, started: float) -> None:
+        self.deadline = started + seconds if seconds else None
         self.skipped: list[str] = []
 
     def allows(self, stage: str) -> bool:
@@ -317,7 +322,7 @@ def bench_model(
         if variant == "-cuda_graphs" and case.family not in ("sd15", "sdxl"):
             continue
         if not budget.allows(f"{case.name}:{variant}"):
-            break
+            continue  # each is named in the report
         opt = dataclasses.replace(spec.optimize, **VARIANTS[variant])
         try:
             result = run_engine(case, dataclasses.replace(spec, optimize=opt), device, args)
@@ -619,6 +624,13 @@ def timed(
     return times, peak, first
 
 
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Whole or not at all: a time limit's SIGTERM can come mid-write, and the previous checkpoint must survive."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(partial, path)
+
+
 def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
@@ -706,4 +718,4 @@ def print_table(report: dict[str, Any]) -> None:
 if __name__ == "__main__":
     # A time limit's SIGTERM unwinds like an exception, so the HTTP stage's server is stopped, not orphaned on the GPU.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sys.exit(main())
+    sys.exit(main(started=STARTED))

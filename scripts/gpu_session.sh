@@ -58,7 +58,8 @@ run_on_device() {
     local name=$1 left=$((budget - (SECONDS - started)))
     shift
     if ((left < 2 * MARGIN_S)); then echo "no time left for $name" | tee -a "$out/env.txt"; return; fi
-    timeout "$((left - 10))" python3 scripts/bench.py --deadline-s "$((left - MARGIN_S))" --work-dir /tmp/bench \
+    # -k: an uninterruptible load or compile would otherwise outlive the SIGTERM, and the call's own limit.
+    timeout -k 20 "$((left - 30))" python3 scripts/bench.py --deadline-s "$((left - MARGIN_S))" --work-dir /tmp/bench \
       --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
   }
   bench flux-dev --models flux-dev --variants +fp8

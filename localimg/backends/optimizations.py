@@ -95,8 +95,10 @@ def resolve_optimizations(
     hopper = capability is not None and capability >= (9, 0)
     attention = settings.attention
     if attention == "auto":
-        # cuDNN attention is ~2x FlashAttention-2 at FLUX shapes on Hopper, but slower on SDXL's short sequences.
-        attention = "cudnn" if lossless and hopper and not unet else "default"
+        # On an H100: cuDNN attention is ~2x FlashAttention-2 at FLUX shapes, but SDXL with cuDNN first took 3.25 s
+        # against 2.86 s (shared/spec/performance.md). Named explicitly: torch itself puts cuDNN first on Hopper
+        # with a recent cuDNN.
+        attention = ("flash" if unet else "cudnn") if lossless and hopper else "default"
     compile_ = pick(settings.compile, lossless)
     compile_vae = pick(settings.compile_vae, lossless)
     cuda_graphs = pick(settings.cuda_graphs, lossless and unet) and compile_ and unet
@@ -162,8 +164,9 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
 def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, plan: OptimizationPlan) -> float:
     """Run every size of `plan.warmup_sizes` once per distinct quality preset shape (guidance on/off, text
     length), so that compilation and CUDA-graph capture happen now rather than on a request. Compiled models
-    that batch also run a batch of two: torch then compiles for any batch size, so the first merged call under
-    load does not stop every request in it for a compile. Returns the seconds it took."""
+    that batch also run a batch of two: torch then makes the batch size dynamic (unless `compile_dynamic` is
+    false), so a merged call under load does not stop every request in it for a compile; CUDA graphs still
+    record one graph, briefly, per new batch size. Returns the seconds it took."""
     sizes = plan.warmup_sizes
     steps = WARMUP_STEPS if plan.step_cache == "off" else WARMUP_STEPS_WITH_STEP_CACHE
     batches = ((0,), (0, 1)) if (plan.compile or plan.compile_vae) and spec.max_batch > 1 else ((0,),)
@@ -184,7 +187,8 @@ def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec,
 
 def set_sdpa_priority(choice: str, device: torch.device | None = None) -> None:
     """Put one SDPA backend first in torch's (process-wide) priority order; "default" restores torch's order.
-    `device`: where a CUDA process makes its first attention call, if it has not yet (see below)."""
+    `device`: where a CUDA process makes its first attention call, if it has not yet (see below); a CPU device
+    makes none."""
     default = _torch_sdpa_priority(device)
     if choice == "default":
         torch._C._set_sdp_priority_order(list(default))
@@ -202,9 +206,8 @@ def _torch_sdpa_priority(device: torch.device | None) -> tuple[int, ...]:
     was set before: one tiny call makes that happen now, so the order read is torch's and later choices stick."""
     global _torch_priority
     if _torch_priority is None:
-        if torch.cuda.is_available():
-            where = device if device is not None and device.type == "cuda" else torch.device("cuda")
-            q = torch.zeros(1, 1, 8, 64, device=where, dtype=torch.float16)
+        if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+            q = torch.zeros(1, 1, 8, 64, device=device or torch.device("cuda"), dtype=torch.float16)
             torch.nn.functional.scaled_dot_product_attention(q, q, q)
         _torch_priority = tuple(torch._C._get_sdp_priority_order())
     return _torch_priority
@@ -274,6 +277,12 @@ def _fuse_qkv(pipe: DiffusionPipeline) -> bool:
     for name in ("transformer", "unet", "vae"):
         module = getattr(pipe, name, None)
         if module is None or not hasattr(module, "fuse_qkv_projections"):
+            continue
+        config = getattr(module, "config", {})
+        if config.get("qk_norm") or config.get("dual_attention_layers"):
+            # SD3.5: diffusers' fused joint processor skips the q/k norms (other images) and fails on the second
+            # attention of MMDiT-X blocks, which has no text stream.
+            logger.info("fuse_qkv skipped for %s: its attention has q/k norms or dual attention", name)
             continue
         try:
             module.fuse_qkv_projections()

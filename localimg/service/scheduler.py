@@ -9,8 +9,9 @@ change a pixel value by one). A batch holds at most `max_images` images (a job's
 `max_batch`).
 
 Fairness: clients (API key or remote address) are served round-robin, one job per client per turn, both for
-the job that opens a batch and for the jobs merged into it, so one client's many jobs or large `n` cannot keep
-another client's job waiting for more than one turn.
+the job that opens a batch and for the jobs merged into it (a client's jobs run in the order it sent them), so
+one client's many jobs or large `n` cannot keep another client's job waiting for more than one turn, except
+as below.
 
 Model swaps: when the job whose turn it is needs a model that would unload another (the memory budget holds
 not all of them), and a later client's next job runs on what is loaded, that job goes first, for up to the
@@ -130,17 +131,17 @@ class FairQueue:
         return heads
 
     def take_compatible(self, key: Hashable, room: int) -> list[Job]:
-        """Jobs with `batch_key == key` and at most `room` images in all: one per client per round, in turn order."""
+        """Clients' next jobs with `batch_key == key` and at most `room` images in all, in turn order, several
+        rounds. Only a client's next job: merging a later one would send the client to the back of the line
+        while its next job, for another model or size, waited."""
         taken: list[Job] = []
         progress = True
         while room > 0 and progress:
             progress = False
-            for client in list(self._clients):
-                jobs = self._clients[client]
-                job = next((j for j in jobs if not j.done and j.plan.batch_key == key and j.plan.n <= room), None)
-                if job is None:
+            for client, job in self._live_heads():
+                if job.plan.batch_key != key or job.plan.n > room:
                     continue
-                jobs.remove(job)
+                self._clients[client].popleft()
                 self._served(client)
                 taken.append(job)
                 room -= job.plan.n

@@ -215,7 +215,7 @@ def test_a_compiled_model_that_batches_warms_up_a_batch_of_two(
     [
         (OptimizeSettings(), "flux", ("cpu", None), dict(compile=False, fuse_qkv=False, attention="default")),
         (OptimizeSettings(), "flux", CUDA_H100, dict(compile=True, compile_vae=True, fuse_qkv=True, attention="cudnn")),
-        (OptimizeSettings(), "sdxl", CUDA_H100, dict(cuda_graphs=True, channels_last=True, attention="default")),
+        (OptimizeSettings(), "sdxl", CUDA_H100, dict(cuda_graphs=True, channels_last=True, attention="flash")),
         (OptimizeSettings(), "flux", ("cuda", (8, 0)), dict(attention="default", fp8=False)),
         (OptimizeSettings(preset="fast"), "flux", CUDA_H100, dict(fp8=True, step_cache="first_block")),
         (OptimizeSettings(preset="fast"), "flux", ("cuda", (8, 0)), dict(fp8=False, step_cache="first_block")),
@@ -241,6 +241,7 @@ def test_resolve(settings, family, device, expected):
 def test_an_attention_choice_goes_first_and_default_puts_torchs_order_back():
     import torch
 
+    set_sdpa_priority("default")  # on a GPU, torch settles its own order at this first attention call
     torchs = list(torch._C._get_sdp_priority_order())
     try:
         set_sdpa_priority("flash")
@@ -268,3 +269,37 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay_can_overwrite_them
     assert isinstance(as_output, UNet2DConditionOutput)
     buffer.fill_(-1.0)  # the next replay
     assert as_tuple.tolist() == as_output.sample.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_copying_wrapper_is_what_a_compiled_module_runs():
+    import torch
+
+    module = torch.nn.Linear(4, 4)
+    module.compile(backend="eager")
+    outputs: list[torch.Tensor] = []
+
+    def compiled(*args: object, **kwargs: object) -> torch.Tensor:
+        outputs.append(original(*args, **kwargs))
+        return outputs[-1]
+
+    original = module._compiled_call_impl
+    module._compiled_call_impl = cloning_outputs(compiled)  # as optimizations._compile installs it
+    result = module(torch.ones(1, 4))
+    assert len(outputs) == 1 and result is not outputs[0] and torch.equal(result, outputs[0])
+
+
+def test_fuse_qkv_leaves_sd35_attention_alone():
+    # SD3.5's q/k norms and MMDiT-X's dual attention are not handled by diffusers' fused joint processor.
+    from types import SimpleNamespace
+
+    from diffusers import SD3Transformer2DModel
+
+    from localimg.backends.optimizations import _fuse_qkv
+
+    sd35 = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
+        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,),
+    )  # fmt: skip
+    assert not _fuse_qkv(SimpleNamespace(transformer=sd35))
+    assert not any(getattr(m, "fused_projections", False) for m in sd35.modules())

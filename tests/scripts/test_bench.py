@@ -159,12 +159,12 @@ def test_a_deadline_starts_no_stage_past_it_and_names_what_it_skipped(
     monkeypatch.setattr(bench, "run_plain", slow_plain)
     monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
     out = tmp_path / "bench.json"
-    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15", "--variants", "+fp8", "--deadline-s", "0.3", "--repeats",
-            "1", "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15", "--variants", "+fp8,-prompt_cache", "--deadline-s", "0.3",
+            "--repeats", "1", "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     assert report["complete"] is True and report["deadline_s"] == 0.3
-    assert report["skipped"] == ["tiny-flux:http", "tiny-flux:+fp8", "tiny-sd15"]
+    assert report["skipped"] == ["tiny-flux:http", "tiny-flux:+fp8", "tiny-flux:-prompt_cache", "tiny-sd15"]
     (row,) = report["rows"]  # a stage started before the deadline ends, and is reported
     assert row["plain_s"] > 0 and row["engine_s"] > 0 and row["http_s"] is None and row["ablations"] == []
 

@@ -39,7 +39,7 @@ def engine_for(*backends: StandInBackend, **config: object) -> Engine:
 async def held(engine: Engine, backend: StandInBackend, client: str = "blocker") -> asyncio.Task[GenerationResult]:
     """Start a job that keeps the worker busy until `backend.release` is set."""
     backend.hold = True
-    task = asyncio.create_task(engine.generate(plan(9000, width=16), client=client))
+    task = asyncio.create_task(engine.generate(plan(9000, model=backend.name, width=16), client=client))
     assert await asyncio.to_thread(backend.started.wait, 5)
     return task
 
@@ -312,9 +312,7 @@ def test_jobs_on_the_loaded_model_go_first_for_the_swap_patience(patience_s: flo
 
     async def test() -> None:
         await engine.preload(["b", "a"])  # a loaded, and b's size known
-        a.hold = True
-        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
-        assert await asyncio.to_thread(a.started.wait, 5)
+        blocker = await held(engine, a)
         jobs = [asyncio.create_task(engine.generate(plan(seed, model=model), client=client))
                 for seed, model, client in ((1, "b", "x"), (2, "a", "y"), (3, "a", "z"))]  # fmt: skip
         await asyncio.sleep(0.05)  # every job queued, x's turn first
@@ -332,9 +330,7 @@ def test_a_job_waits_no_longer_than_the_swap_patience():
 
     async def test() -> None:
         await engine.preload(["a"])
-        a.hold = True
-        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
-        assert await asyncio.to_thread(a.started.wait, 5)
+        blocker = await held(engine, a)
         wants_b = asyncio.create_task(engine.generate(plan(1, model="b"), client="x"))
         await asyncio.sleep(0.2)  # past its patience before the worker picks
         on_a = asyncio.create_task(engine.generate(plan(2, model="a"), client="y"))
@@ -356,9 +352,7 @@ def test_a_job_for_a_model_that_just_failed_to_load_is_answered_at_once_not_afte
 
     async def test() -> None:
         await engine.preload(["broken", "a"])
-        a.hold = True
-        blocker = asyncio.create_task(engine.generate(plan(9000, model="a"), client="blocker"))
-        assert await asyncio.to_thread(a.started.wait, 5)
+        blocker = await held(engine, a)
         doomed = asyncio.create_task(engine.generate(plan(1, model="broken"), client="x"))
         others = [asyncio.create_task(engine.generate(plan(i, model="a"), client=f"y{i}")) for i in range(2, 5)]
         await asyncio.sleep(0.05)
