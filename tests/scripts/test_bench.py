@@ -84,6 +84,21 @@ def test_the_server_process_keeps_the_callers_import_path(monkeypatch: pytest.Mo
     assert bench.import_path(Path("/repo")) == "/repo"
 
 
+def test_a_save_that_would_not_fit_on_the_disk_fails_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+
+    pipe = SimpleNamespace(components={"unet": torch.nn.Linear(1000, 1000), "tokenizer": object()})  # 4 MB
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: usage._replace(free=int(0.9e9)))
+    with pytest.raises(RuntimeError, match=r"0\.9 GB free, 1\.0 GB needed"):
+        bench.check_disk_space(pipe, tmp_path)
+    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: usage._replace(free=int(2e9)))
+    bench.check_disk_space(pipe, tmp_path)
+
+
 def test_percentile():
     assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert bench.percentile([1.0, 2.0], 99) == 1.99
