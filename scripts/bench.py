@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         print(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(cases)}", file=sys.stderr)
         return 2
     rows: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []  # models whose plain or engine stage raised: no row
+    failed: list[dict[str, str]] = []  # models whose build or plain stage raised: no row
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     budget = Budget(args.deadline_s, time.monotonic() if started is None else started)
 
@@ -267,7 +267,7 @@ def bench_model(
         steps=case.steps,
         flops_per_image=flops,
         ablations=[],
-        errors={},  # stage -> the error of a stage that failed after the row's first two (HTTP, a variant)
+        errors={},  # stage -> the error of a stage that failed (engine: the row ends there; HTTP; a variant)
         samples={"plain": None, "engine": None, "http": None},
     )
 
@@ -279,7 +279,12 @@ def bench_model(
     row["samples"]["plain"] = plain_times
     checkpoint(row)
 
-    engine = run_engine(case, spec, device, args)
+    try:
+        engine = run_engine(case, spec, device, args)
+    except Exception as exc:  # noqa: BLE001 - the row keeps the plain baseline; HTTP and variants would fail alike
+        traceback.print_exc()
+        row["errors"]["engine"] = describe_error(exc)
+        return row
     engine_s = engine["median"]
     row.update(
         engine_s=engine_s,

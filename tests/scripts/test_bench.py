@@ -135,27 +135,32 @@ def test_a_failed_stage_or_model_is_reported_and_the_run_goes_on(
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return plain(case, *args)
 
-    def engine_failing_for_fp8(case: bench.Case, spec: Any, *args: object) -> object:
+    def engine_failing_for_fp8_and_sdxl(case: bench.Case, spec: Any, *args: object) -> object:
         if spec.optimize.fp8:
             raise ValueError("Unsupported: graph break under fullgraph")
+        if case.name == "tiny-sdxl":
+            raise RuntimeError("compile failed")
         return engine(case, spec, *args)
 
     def http_failing(*args: object) -> dict:
         raise RuntimeError("server exited with 1")
 
     monkeypatch.setattr(bench, "run_plain", plain_failing_for_flux)
-    monkeypatch.setattr(bench, "run_engine", engine_failing_for_fp8)
+    monkeypatch.setattr(bench, "run_engine", engine_failing_for_fp8_and_sdxl)
     monkeypatch.setattr(bench, "run_http", http_failing)
     monkeypatch.setenv("LOCALIMG_TINY_DIR", str(tiny_models_toml.parent))
     out = tmp_path / "bench.json"
-    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15", "--variants", "+fp8,-prompt_cache", "--repeats", "1",
-            "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    argv = ["--tiny", "--models", "tiny-flux,tiny-sd15,tiny-sdxl", "--variants", "+fp8,-prompt_cache", "--repeats",
+            "1", "--warmup", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     assert report["complete"] is True
     assert report["failed"] == [{"model": "tiny-flux", "error": "RuntimeError: CUDA error: an illegal memory "
                                  "access was encountered"}]  # fmt: skip
-    (row,) = report["rows"]
+    row, sdxl = report["rows"]
+    # An engine that fails keeps the plain baseline, and nothing after it runs.
+    assert sdxl["plain_s"] > 0 and sdxl["engine_s"] is None and sdxl["ablations"] == []
+    assert sdxl["errors"] == {"engine": "RuntimeError: compile failed"}
     assert row["model"] == "tiny-sd15" and row["engine_s"] > 0 and row["http_s"] is None
     assert row["errors"] == {"http": "RuntimeError: server exited with 1",
                              "+fp8": "ValueError: Unsupported: graph break under fullgraph"}  # fmt: skip
