@@ -384,11 +384,9 @@ def prepare_model(case: Case, args: argparse.Namespace, device: Any, work: Path)
 def check_disk_space(pipe: Any, work: Path) -> None:
     """Fail before writing when the folder would not fit (FLUX is ~34 GB): a full disk half-way through a save
     costs minutes of device time and leaves a broken folder."""
-    import torch
+    from localimg.backends.diffusers_backend import pipeline_bytes
 
-    tensors = [t for part in pipe.components.values() if isinstance(part, torch.nn.Module)
-               for t in (*part.parameters(), *part.buffers())]  # fmt: skip
-    needed = sum(t.numel() * t.element_size() for t in tensors) * 1.02 + 1e9
+    needed = pipeline_bytes(pipe) * 1.02 + 1e9
     free = shutil.disk_usage(work).free
     if free < needed:
         raise RuntimeError(f"{work}: {free / 1e9:.1f} GB free, {needed / 1e9:.1f} GB needed to save the model")

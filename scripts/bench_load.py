@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from bench import import_path  # scripts/ is on sys.path: this file runs as a script beside bench.py
 from openai import OpenAI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ class started_server:  # noqa: N801 - used as a context manager, like open()
             self.port = sock.getsockname()[1]
         command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(config), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--preload", model, "--max-queue", "256", *flags]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+        env = {**os.environ, "PYTHONPATH": import_path(REPO)}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> str:

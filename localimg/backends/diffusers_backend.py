@@ -164,11 +164,7 @@ class DiffusersBackend:
 
     def memory_bytes(self) -> int:
         """Bytes of parameters and buffers the loaded pipeline holds (the engine's memory budget counts these)."""
-        if self._pipe is None:
-            return 0
-        modules = [c for c in self._pipe.components.values() if isinstance(c, torch.nn.Module)]
-        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return 0 if self._pipe is None else pipeline_bytes(self._pipe)
 
     def _call(
         self,
@@ -248,6 +244,13 @@ class _PhaseClock:
         now = time.perf_counter()
         self.phases[phase] = now - self._last
         self._last = now
+
+
+def pipeline_bytes(pipe: DiffusionPipeline) -> int:
+    """Bytes of the parameters and buffers of a pipeline's components."""
+    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -50,6 +50,28 @@ def image(
     return np.asarray(result, dtype=np.int16)
 
 
+def every_kind_of_call(backend: DiffusersBackend, steps: int) -> list[GenerationPlan]:
+    """One 64x64 plan each for text to image, image to image and inpainting."""
+    source = Image.new("RGB", (64, 64), (200, 40, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    preset = backend.spec.quality["low"]
+    return [
+        GenerationPlan(
+            model=backend.spec.name,
+            prompt="a red fox",
+            width=64,
+            height=64,
+            steps=steps,
+            guidance_scale=preset.guidance,
+            seeds=(4,),
+            max_sequence_length=preset.max_sequence_length,
+            edit=edit,
+        )  # fmt: skip
+        for edit in (None, EditInputs((source,), strength=0.6), EditInputs((source,), mask=mask, strength=1.0))
+    ]
+
+
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3"])
 @pytest.mark.parametrize("option", ["fuse_qkv", "channels_last", "sync_free"])
 def test_lossless_option_keeps_the_image(registry: Registry, name: str, option: str):
@@ -72,18 +94,10 @@ def test_fused_qkv_drops_the_separate_projections_and_serves_every_kind_of_call(
     assert fused and not any(hasattr(m, "to_qkv") and hasattr(m, "to_k") for m in fused)
     assert backend.memory_bytes() == unfused.memory_bytes()  # the fused copies replace the separate ones
     # Text to image, image to image and inpainting (the VAE encoder's attention is fused too) on the same modules.
-    source = Image.new("RGB", (64, 64), (200, 40, 30))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    preset = backend.spec.quality["low"]
-    for edit in (None, EditInputs((source,), strength=0.6), EditInputs((source,), mask=mask, strength=1.0)):
-        plan = GenerationPlan(
-            model=name, prompt="a red fox", width=64, height=64, steps=2, guidance_scale=preset.guidance,
-            seeds=(4,), max_sequence_length=preset.max_sequence_length, edit=edit,
-        )  # fmt: skip
+    for plan in every_kind_of_call(backend, steps=2):
         (expected,), (got,) = unfused.generate([plan]), backend.generate([plan])
         gap = np.abs(np.asarray(got, dtype=np.float32) - np.asarray(expected, dtype=np.float32))
-        assert gap.max() <= 1, (edit, gap.max())
+        assert gap.max() <= 1, (plan.edit, gap.max())
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sdxl"])
@@ -133,15 +147,7 @@ def test_step_cache_runs_every_kind_of_call_and_starts_each_afresh(registry: Reg
     # SD3's need the backend's. Each call must start from fresh cache state, even after a cancelled one (TaylorSeer
     # keeps its step count across calls without the backend's reset; first_block happens to recover on its own).
     backend = backend_with(registry, name, dataclasses.replace(OFF, step_cache=method, step_cache_threshold=1e6))
-    source = Image.new("RGB", (64, 64), (200, 40, 30))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    preset = backend.spec.quality["low"]
-    for edit in (None, EditInputs((source,), strength=0.6), EditInputs((source,), mask=mask, strength=1.0)):
-        plan = GenerationPlan(
-            model=name, prompt="a red fox", width=64, height=64, steps=6, guidance_scale=preset.guidance,
-            seeds=(4,), max_sequence_length=preset.max_sequence_length, edit=edit,
-        )  # fmt: skip
+    for plan in every_kind_of_call(backend, steps=6):
         (first,) = backend.generate([plan])
 
         def cancel(progress: StepProgress) -> None:
@@ -151,7 +157,7 @@ def test_step_cache_runs_every_kind_of_call_and_starts_each_afresh(registry: Reg
         with pytest.raises(Cancelled):
             backend.generate([plan], on_step=cancel)
         (again,) = backend.generate([plan])
-        assert np.array_equal(np.asarray(first), np.asarray(again)), edit
+        assert np.array_equal(np.asarray(first), np.asarray(again)), plan.edit
 
 
 def test_prompt_cache_bypasses_tensor_arguments():
