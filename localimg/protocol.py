@@ -24,7 +24,7 @@ class _ImageParams(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     prompt: str = Field(min_length=1)
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1)  # "" is an unset config value, not "the default"
     n: int | None = Field(default=None, ge=1, le=10)
     quality: str | None = None
     size: str | None = None
@@ -70,7 +70,7 @@ class ImageVariationRequest(BaseModel):
 
     model_config = ConfigDict(strict=False, extra="forbid")
 
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1)
     n: int | None = Field(default=None, ge=1, le=10)
     size: str | None = None
     response_format: ResponseFormat | None = None

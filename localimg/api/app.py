@@ -138,7 +138,7 @@ class RequestIdMiddleware:
         except Exception:
             # Answered and logged here, once, with its status; Starlette's fallback would log it again, and
             # uvicorn a third time, while this line said status=0.
-            log.exception("%s %s: unexpected error", scope["method"], scope["path"])
+            log.exception("%s %s: unexpected error", scope["method"], loggable(scope["path"]))
             if status:  # the response has started: nothing more can be sent
                 raise
             status = 500
@@ -146,6 +146,11 @@ class RequestIdMiddleware:
         finally:
             log.info(
                 "%s %s status=%d ms=%.0f client=%s",
-                scope["method"], scope["path"], status, 1000 * (time.perf_counter() - started),
+                scope["method"], loggable(scope["path"]), status, 1000 * (time.perf_counter() - started),
                 request_context.client_id.get(),
             )  # fmt: skip
+
+
+def loggable(path: str) -> str:
+    """A decoded URL path fit for one log line: a client's %0A or %00 must not forge or break lines."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in path)

@@ -33,6 +33,7 @@ _INVALID_JSON = (
     "We could not parse the JSON body of your request. The API expects a JSON object as the body of a "
     "POST request with Content-Type: application/json."
 )
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"  # what FastAPI raises for a body json.loads refuses
 _EXPECTED = {
     "int_type": "an integer",
     "int_from_float": "an integer",
@@ -188,8 +189,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code == 404 else str(exc.detail)
-        err = HTTPStatusError(exc.status_code, message)
+        err: LocalImgError
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:  # e.g. a body that is not UTF-8
+            err = InvalidRequestError(_INVALID_JSON, code="invalid_json")
+        else:
+            message = (
+                f"Invalid URL ({request.method} {request.url.path})" if exc.status_code == 404 else str(exc.detail)
+            )
+            err = HTTPStatusError(exc.status_code, message)
         return error_response(err, request_id_of(request), headers=exc.headers)
 
 

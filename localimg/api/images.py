@@ -32,6 +32,8 @@ async def create_image(body: ImageGenerateRequest, request: Request) -> ImagesRe
     return await cancel_on_disconnect(request, service.generate(body, url_base=files_url(request)))
 
 
+# HEAD too: these links go to browsers, proxies and link checkers (uvicorn sends the headers without the body).
+@router.head(FILES_PATH + "/{image_id}", include_in_schema=False)
 @router.get(FILES_PATH + "/{image_id}", responses={404: {"model": ErrorResponse}})
 async def get_image_file(image_id: str, request: Request) -> Response:
     item = service_of(request).store.get(image_id)

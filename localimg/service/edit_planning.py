@@ -23,8 +23,8 @@ this module adds what only image inputs have:
 - **Several images**: images after the first are references, accepted only by models whose `max_input_images`
   in models.toml allows them. A model may name a `references_model` that runs such edits instead (e.g. FLUX.1
   schnell routing them to FLUX.1 Kontext); otherwise a 400 says how many the model takes (never dropped).
-- **Variations** (dall-e-2's legacy endpoint): image-to-image of the (centre-cropped, square) image with an empty
-  prompt at strength 0.7, answered in dall-e-2's shape.
+- **Variations** (dall-e-2's legacy endpoint; other OpenAI ids are refused, local names served): image-to-image
+  of the (centre-cropped, square) image with an empty prompt at strength 0.7, answered in dall-e-2's shape.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from localimg.imaging.alpha import flatten, is_cutout
 from localimg.imaging.masks import edit_region_from_alpha, edit_region_from_mask, resize_region
 from localimg.registry import ImageSize, ModelSpec
 from localimg.service.planning import (
+    MAX_ASPECT,
     ApiStyle,
     ImageJob,
     KeepRegion,
@@ -103,6 +104,10 @@ def plan_edit(
         raise InvalidRequestError(
             "Unknown parameter: 'input_fidelity'.", param="input_fidelity", code="unknown_parameter"
         )
+    if style == "dall-e-2" and len(images) > 1:
+        raise InvalidRequestError(
+            f"dall-e-2 edits take exactly one image; got {len(images)}.", param="image", code="too_many_images"
+        )
     check_response_format(request.response_format, style, model_named=request.model is not None)
     spec = _model_for_images(images, spec, registry)
     first = images[0].image
@@ -146,6 +151,12 @@ def plan_variation(
     """Resolve a variations request: dall-e-2's sizes and response shape, whatever local model serves it."""
     requested_model = request.model or "dall-e-2"
     spec = resolve_model(requested_model, registry)
+    if requested_model == "dall-e-3" or requested_model.startswith(("gpt-image", "chatgpt-image")):
+        raise InvalidRequestError(
+            f"Invalid value: '{requested_model}'. Variations are only supported by dall-e-2 (or a local model name).",
+            param="model",
+            code="invalid_value",
+        )
     size = resolve_size(request.size, "dall-e-2", spec)
     quality = spec.auto_quality
     preset = spec.quality[quality]
@@ -175,16 +186,20 @@ def plan_variation(
 
 
 def size_for_input(input_size: tuple[int, int], spec: ModelSpec) -> ImageSize:
-    """The output size for `size="auto"`: the input's own size when the model allows it, otherwise the input's
-    aspect ratio scaled into the model's limits, with both sides rounded to the model's multiple."""
+    """The output size for `size="auto"`: the input's own size when the model and the API allow it, otherwise the
+    input's aspect ratio (at most 3:1, as any size must be; the edit crops the rest) scaled into the model's
+    limits, with both sides rounded to the model's multiple."""
     width, height = input_size
+    width, height = min(width, MAX_ASPECT * height), min(height, MAX_ASPECT * width)
     limits = spec.limits
     step = math.lcm(16, limits.multiple_of)
     scale = min(1.0, math.sqrt(limits.max_pixels / (width * height)), limits.max_side / max(width, height))
     scale = max(scale, limits.min_side / min(width, height))
-    # Nearest multiple, then down one multiple at a time if rounding pushed a side or the area past a limit.
+    # Nearest multiple, then down one multiple at a time if rounding pushed a side, the area or the aspect past a limit.
     sides = [max(step, round(side * scale / step) * step) for side in (width, height)]
-    while sides[0] * sides[1] > limits.max_pixels or max(sides) > limits.max_side:
+    while (
+        sides[0] * sides[1] > limits.max_pixels or max(sides) > limits.max_side or max(sides) > MAX_ASPECT * min(sides)
+    ):
         i = 0 if sides[0] >= sides[1] else 1
         sides[i] -= step
     return ImageSize(*sides)

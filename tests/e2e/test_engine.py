@@ -187,6 +187,9 @@ def test_image_links_open_without_the_key(guarded_server: ServerProcess):
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     check_magic(fetched.content, "png")
     assert Image.open(io.BytesIO(fetched.content)).size == (256, 256)
+    head = httpx.head(url)  # what link checkers and proxies send first
+    assert head.status_code == 200 and head.headers["content-type"] == "image/png" and head.content == b""
+    assert head.headers["content-length"] == str(len(fetched.content))
     guessed = httpx.get(url.rsplit("/", 1)[0] + "/not-an-id.png")
     assert guessed.status_code == 404 and guessed.json()["error"]["type"] == "invalid_request_error"
 

@@ -27,6 +27,7 @@ INVALID = [
     ({"quality": "hd"}, "quality", "invalid_value"),
     ({"output_format": "gif"}, "output_format", "invalid_value"),
     ({"model": "no-such-model"}, "model", "model_not_found"),
+    ({"model": ""}, "model", "empty_string"),  # an unset setting, not "the default model"
     ({"background": "transparent", "output_format": "jpeg"}, "background", "invalid_value"),
     ({"output_format": "png", "output_compression": 50}, "output_compression", "invalid_png_output_compression"),
     ({"output_compression": 101, "output_format": "jpeg"}, "output_compression", "integer_above_max_value"),
@@ -61,14 +62,16 @@ def raw_post(server, body: bytes | str, content_type: str = "application/json") 
     )
 
 
-@pytest.mark.parametrize("body", ["{not json", '{"prompt": "x",', "[1, 2]", '"a string"', "", "null"])
-def test_malformed_json_is_a_400_envelope(server, body: str):
+MALFORMED = ["{not json", '{"prompt": "x",', "[1, 2]", '"a string"', "null", b'{"prompt": "\xff"}', "[" * 100_000]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_json_is_a_400_envelope(server, body: str | bytes):
     response = raw_post(server, body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
-    if body.startswith("{"):
-        assert (error["param"], error["code"]) == (None, "invalid_json")
+    assert (error["param"], error["code"]) == (None, "invalid_json"), error
 
 
 @pytest.mark.parametrize(("n", "code"), [(11, "integer_above_max_value"), (0, "integer_below_min_value")])
@@ -84,11 +87,21 @@ def test_out_of_range_n_on_multipart_routes_has_the_integer_code(client: OpenAI,
         assert (info.value.param, info.value.code) == ("n", code)
 
 
-def test_missing_prompt(server):
-    response = raw_post(server, '{"model": "tiny-flux"}')
+@pytest.mark.parametrize("body", ['{"model": "tiny-flux"}', ""])
+def test_missing_prompt(server, body: str):
+    response = raw_post(server, body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "missing_required_parameter"
     assert response.json()["error"]["param"] == "prompt"
+
+
+def test_a_url_cannot_forge_or_break_log_lines(server):
+    forged = "2026-01-01 00:00:00,000 ERROR localimg forged-entry"
+    response = httpx.get(f"{server.root}/v1/models/x%0A{forged.replace(' ', '%20')}%00", timeout=10)
+    assert response.status_code == 404
+    log = server.log_path.read_text()
+    assert "forged-entry" in log and not any(line.startswith(forged) for line in log.splitlines())
+    assert r"\x00" in log and "\x00" not in log  # escaped, not raw
 
 
 def test_unknown_route_and_method(server):

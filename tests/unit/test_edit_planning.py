@@ -19,7 +19,7 @@ REGISTRY = Registry.from_dict(
             "flux": {
                 "family": "flux",
                 "source": {"path": "/nowhere/flux"},
-                "aliases": ["gpt-image-1", "dall-e-2", "dall-e-3"],
+                "aliases": ["gpt-image-1", "gpt-image-1-mini", "gpt-image-2", "dall-e-2", "dall-e-3"],
                 "limits": {"min_side": 256, "max_side": 2048, "max_pixels": 2048 * 1536},
                 "quality": {"auto": "medium", "low": {"steps": 4}, "medium": {"steps": 8}, "high": {"steps": 16}},
             },
@@ -67,7 +67,10 @@ def rejects(param: str, code: str, **fields) -> InvalidRequestError:
         (FLUX, (300, 200), (384, 256)),  # scaled up to min_side, aspect kept, multiple of 16
         (FLUX, (4000, 3000), (2048, 1536)),  # scaled down into max_pixels
         (FLUX, (1000, 750), (992, 752)),  # nearest multiples of 16
-        (SD15, (2048, 512), (1024, 256)),  # max_side
+        (SD15, (2048, 768), (1024, 384)),  # max_side
+        (SD15, (2048, 512), (1008, 336)),  # 4:1 is cropped to 3:1, then max_side
+        (FLUX, (4000, 100), (768, 256)),  # 40:1 is cropped to 3:1 (min_side and max_side alone made 2048x256)
+        (FLUX, (100, 4000), (256, 768)),
     ],
 )
 def test_size_auto_follows_the_input(spec, size, expected):
@@ -75,6 +78,7 @@ def test_size_auto_follows_the_input(spec, size, expected):
     assert (result.width, result.height) == expected
     limits = spec.limits
     assert result.pixels <= limits.max_pixels and max(result.width, result.height) <= limits.max_side
+    assert max(result.width, result.height) <= 3 * min(result.width, result.height)
 
 
 def test_edit_defaults():
@@ -171,6 +175,17 @@ def test_dall_e_sizes_default_to_1024_square(size: str | None):
     assert plan_variation(ImageVariationRequest(size=size), image(256, 256), REGISTRY, lambda: 1).size == (
         ImageSize(1024, 1024)
     )
+
+
+def test_dall_e_2_edits_take_one_image():
+    rejects("image", "too_many_images", model="dall-e-2", images=[image(256, 256), image(256, 256)])
+
+
+@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-2", "dall-e-3"])
+def test_variations_are_dall_e_2_s(model: str):
+    with pytest.raises(InvalidRequestError) as info:
+        plan_variation(ImageVariationRequest(model=model), image(256, 256), REGISTRY, lambda: 1)
+    assert (info.value.param, info.value.code) == ("model", "invalid_value")
 
 
 def test_mask_size_must_match_the_first_image():
