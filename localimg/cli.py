@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,7 @@ def _split(values: list[str]) -> tuple[str, ...]:
 
 @app.command()
 def serve(
+    context: typer.Context,
     config: ConfigOption = Path("models.toml"),
     host: Annotated[str, typer.Option(envvar="LOCALIMG_HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="LOCALIMG_PORT", help="Port to bind.")] = 8000,
@@ -103,37 +104,65 @@ def serve(
     inject_oom: Annotated[int, typer.Option(envvar="LOCALIMG_INJECT_OOM", hidden=True)] = 0,
 ) -> None:
     """Run the HTTP server."""
-    from localimg.api.auth import key_hashes
     from localimg.server import run
 
     with _config_errors():
-        run(
-            Settings(
-                config=config,
-                host=host,
-                port=port,
-                device=device,
-                models=_split(models),
-                preload=_split(preload),
-                public_url=public_url,
-                url_ttl_s=url_ttl,
-                max_queue=max_queue,
-                sse_keepalive_s=sse_keepalive,
-                log_level=log_level,
-                max_batch=max_batch,
-                batch_window_ms=batch_window_ms,
-                request_timeout_s=request_timeout or None,
-                memory_budget_gb=memory_budget_gb,
-                swap_patience_s=swap_patience,
-                warmup_sizes=_split(warmup),
-                drain_timeout_s=drain_timeout,
-                api_key_hashes=key_hashes(_split(api_key), api_keys_file),
-                insecure=insecure,
-                max_body_mb=max_body_mb,
-                cors_origins=_split(cors_origin),
-                inject_oom=inject_oom,
-            )
-        )
+        run(settings_from(context.params))
+
+
+def settings_from(options: Mapping[str, Any]) -> Settings:
+    """Settings from `serve`'s parsed options (keyed by parameter name). Raises ValueError on a bad keys file."""
+    from localimg.api.auth import key_hashes
+
+    return Settings(
+        config=options["config"],
+        host=options["host"],
+        port=options["port"],
+        device=options["device"],
+        models=_split(options["models"]),
+        preload=_split(options["preload"]),
+        public_url=options["public_url"],
+        url_ttl_s=options["url_ttl"],
+        max_queue=options["max_queue"],
+        sse_keepalive_s=options["sse_keepalive"],
+        log_level=options["log_level"],
+        max_batch=options["max_batch"],
+        batch_window_ms=options["batch_window_ms"],
+        request_timeout_s=options["request_timeout"] or None,
+        memory_budget_gb=options["memory_budget_gb"],
+        swap_patience_s=options["swap_patience"],
+        warmup_sizes=_split(options["warmup"]),
+        drain_timeout_s=options["drain_timeout"],
+        api_key_hashes=key_hashes(_split(options["api_key"]), options["api_keys_file"]),
+        insecure=options["insecure"],
+        max_body_mb=options["max_body_mb"],
+        cors_origins=_split(options["cors_origin"]),
+        inject_oom=options["inject_oom"],
+    )
+
+
+def serve_settings(arguments: Mapping[str, object]) -> Settings:
+    """Settings from `serve`'s options given as a mapping, e.g. {"preload": "all", "api-key": "..."} (names as on
+    the command line, with or without dashes), parsed and defaulted (LOCALIMG_* variables included) as the
+    command line is. Raises ValueError naming the bad option; server.check_settings checks the values."""
+    serve_command = typer.main.get_command(app).commands["serve"]
+    flags = {name: param for param in serve_command.params for name in param.opts if name.startswith("--")}
+    argv: list[str] = []
+    for key, value in arguments.items():
+        flag = "--" + str(key).replace("_", "-")
+        param = flags.get(flag)
+        if param is None or param.hidden:
+            raise ValueError(f"unknown option {key!r}; `localimg serve --help` lists them")
+        if getattr(param, "is_flag", False):
+            argv.append(flag if str(value).lower() in ("1", "true", "yes", "on") else f"--no-{flag[2:]}")
+        else:
+            values = value if isinstance(value, list) else [value]
+            argv += [part for item in values for part in (flag, str(item))]
+    try:
+        context = serve_command.make_context("localimg serve", argv)
+    except typer.TyperException as exc:  # typer's click errors: the message names the option
+        raise ValueError(exc.format_message()) from None
+    return settings_from(context.params)
 
 
 @app.command("models")

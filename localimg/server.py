@@ -20,7 +20,7 @@ from localimg.config import Settings
 from localimg.registry import Registry
 from localimg.request_context import RequestIdFilter
 from localimg.service.engine import Engine, EngineConfig
-from localimg.service.image_store import ImageStore
+from localimg.service.image_store import ImageStorage, ImageStore
 from localimg.service.images import ImageService
 from localimg.service.transparency import TransparencyStage
 
@@ -39,7 +39,9 @@ def load_registry(settings: Settings) -> Registry:
     return registry.restricted_to(list(settings.models)) if settings.models else registry
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings, *, store: ImageStorage | None = None, serve_while_loading: bool = True) -> FastAPI:
+    """The whole server for one device. `store` holds the images returned by URL (default: this process's
+    memory); `serve_while_loading`: see create_app."""
     registry = load_registry(settings)
     preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
     # Imported here so that `localimg --help` and `localimg models` never import torch.
@@ -76,11 +78,11 @@ def build_app(settings: Settings) -> FastAPI:
     service = ImageService(
         registry,
         engine,
-        ImageStore(ttl_s=settings.url_ttl_s),
+        store or ImageStore(ttl_s=settings.url_ttl_s),
         transparency=transparency,
         has_weights=lambda spec: weights_problem(spec) is None,
     )
-    return create_app(settings, service, preload=preload)
+    return create_app(settings, service, preload=preload, serve_while_loading=serve_while_loading)
 
 
 def engine_config(settings: Settings, memory_budget_bytes: int | None) -> EngineConfig:
@@ -168,11 +170,7 @@ def run(settings: Settings) -> None:
     import uvicorn
 
     check_settings(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdFilter())
+    configure_logging(settings.log_level)
     # Bound before anything loads (the matting model in build_app, the models when uvicorn starts the app): a
     # taken port fails at once.
     listener = bind(settings.host, settings.port)
@@ -192,6 +190,13 @@ def run(settings: Settings) -> None:
         timeout_graceful_shutdown=30,
     )
     _draining_server(config, app.state.service.engine, settings.drain_timeout_s).run(sockets=[listener])
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr, each with the id of the request it belongs to."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 def bind(host: str, port: int) -> socket.socket:

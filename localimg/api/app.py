@@ -28,12 +28,18 @@ from localimg.service.warmup import warm_up
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, service: ImageService, preload: list[str]) -> FastAPI:
-    """Build the app. `preload` models are loaded on the worker after start-up; /ready answers 503 until then."""
+def create_app(
+    settings: Settings, service: ImageService, preload: list[str], *, serve_while_loading: bool = True
+) -> FastAPI:
+    """Build the app. `preload` models are loaded on the worker after start-up: meanwhile /ready answers 503
+    and requests are taken (they wait for their model), or, without `serve_while_loading`, start-up itself
+    waits for them (a Ray Serve replica, which gets no traffic until its start-up is done)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(preload_and_warm_up(app, service, preload))
+        if not serve_while_loading:
+            await asyncio.shield(loading)
         try:
             yield
         finally:

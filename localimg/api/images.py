@@ -36,7 +36,7 @@ async def create_image(body: ImageGenerateRequest, request: Request) -> ImagesRe
 @router.head(FILES_PATH + "/{image_id}", include_in_schema=False)
 @router.get(FILES_PATH + "/{image_id}", responses={404: {"model": ErrorResponse}})
 async def get_image_file(image_id: str, request: Request) -> Response:
-    item = service_of(request).store.get(image_id)
+    item = await service_of(request).store.get(image_id)
     if item is None:
         raise NotFoundError(f"No image '{image_id}': it never existed or its URL has expired.", code="not_found")
     return Response(item.data, media_type=item.media_type, headers={"cache-control": "private, max-age=3600"})

@@ -1,6 +1,8 @@
 """Short-lived storage for images returned by URL (`response_format="url"`, the DALL·E default).
 
-In memory, bounded in bytes, each entry expiring after `ttl_s` (OpenAI's URLs last 60 minutes).
+`ImageStore` keeps them in this process's memory, bounded in bytes, each entry expiring after `ttl_s` (OpenAI's
+URLs last 60 minutes). The service sees only `ImageStorage`, whose methods are coroutines so that a store shared
+by several processes (localimg/ray_serve.py) can stand in without blocking the event loop.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,16 @@ class StoredImage:
     data: bytes
     media_type: str
     expires_at: float
+
+
+class ImageStorage(Protocol):
+    async def put(self, data: bytes, media_type: str, extension: str) -> str:
+        """Store the image; returns its id (`<random>.<extension>`), unguessable and safe in a URL path."""
+        ...
+
+    async def get(self, image_id: str) -> StoredImage | None:
+        """The image, or None when it never existed or has expired."""
+        ...
 
 
 class ImageStore:
@@ -29,15 +42,14 @@ class ImageStore:
         self._items: OrderedDict[str, StoredImage] = OrderedDict()
         self._bytes = 0
 
-    def put(self, data: bytes, media_type: str, extension: str) -> str:
-        """Store the image; returns its id (`<random>.<extension>`), unguessable and safe in a URL path."""
+    async def put(self, data: bytes, media_type: str, extension: str) -> str:
         self._evict(len(data))
         image_id = f"{secrets.token_urlsafe(18)}.{extension}"
         self._items[image_id] = StoredImage(data, media_type, self._clock() + self.ttl_s)
         self._bytes += len(data)
         return image_id
 
-    def get(self, image_id: str) -> StoredImage | None:
+    async def get(self, image_id: str) -> StoredImage | None:
         item = self._items.get(image_id)
         if item is None or item.expires_at <= self._clock():
             return None

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from localimg.registry import ModelSpec, Registry
     from localimg.service.engine import Engine
-    from localimg.service.image_store import ImageStore
+    from localimg.service.image_store import ImageStorage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ImageService:
         self,
         registry: Registry,
         engine: Engine,
-        store: ImageStore,
+        store: ImageStorage,
         *,
         transparency: TransparencyStage | None = None,
         input_limits: InputLimits | None = None,
@@ -182,7 +182,7 @@ class ImageService:
         revised = job.plan.prompt if job.api_style == "dall-e-3" else None
         if job.response_format == "url":
             fmt = job.output.format
-            ids = [self.store.put(data, MIME_TYPES[fmt], fmt) for data in files]
+            ids = [await self.store.put(data, MIME_TYPES[fmt], fmt) for data in files]
             return [ImageData(url=f"{url_base.rstrip('/')}/{image_id}", revised_prompt=revised) for image_id in ids]
         # Base64 of a 1024x1024 PNG takes ~6 ms: with n images, enough to stall other requests on the event loop.
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(data).decode("ascii") for data in files])

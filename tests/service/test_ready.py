@@ -4,6 +4,7 @@ so weights put in place turn the server ready without a client request (a balanc
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -78,3 +79,28 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
         "warm-up of m skips 4096x4096: outside its limits",  # no client could ask for it
         "warm-up of m at 256x256 failed",
     ]
+
+
+class SlowLoadingBackend(StandInBackend):
+    def load(self) -> None:
+        time.sleep(0.3)
+        super().load()
+
+
+@pytest.mark.parametrize("serve_while_loading", [True, False])
+def test_start_up_waits_for_the_preload_only_when_asked(serve_while_loading: bool):
+    """A Ray Serve replica gets traffic once its start-up is done, so there start-up waits for the preloaded
+    models; the single server starts at once and answers /ready 503 meanwhile."""
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    engine = Engine({"m": SlowLoadingBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
+    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    app = create_app(Settings(), service, preload=["m"], serve_while_loading=serve_while_loading)
+
+    async def scenario() -> tuple[bool, bool]:
+        async with app.router.lifespan_context(app):
+            return app.state.ready, engine.is_loaded("m")
+
+    ready, loaded = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert (ready, loaded) == ((False, False) if serve_while_loading else (True, True))

@@ -1,0 +1,139 @@
+"""localimg on Ray Serve: more than one GPU, or more than one machine.
+
+Each replica is the whole single-device server (its engine, batching, models and limits) on a GPU of its own;
+Serve's proxy spreads requests over the replicas, starts and replaces them, and scales them with `replicas=auto`.
+Images returned by URL go to one small store deployment, so whichever replica a link's GET reaches can serve it.
+
+    serve run localimg.ray_serve:app config=models.toml preload=all replicas=4
+
+The arguments are `localimg serve`'s options (`api-keys-file=keys.txt` or `api_keys_file=...`; a list is
+repeated or comma-separated), minus host and port, which are Serve's `http_options`, plus:
+    replicas          replicas of the server, or `auto` (Serve's autoscaling); default 1
+    gpus-per-replica  default 1, or 0 with device=cpu or mps
+    cpus-per-replica  default 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from localimg.cli import serve_settings
+from localimg.config import Settings
+from localimg.server import build_app, check_settings, configure_logging, load_registry, preload_list
+from localimg.service.image_store import ImageStore, StoredImage
+
+# Ongoing requests Serve lets each replica take beyond its engine's queue: image links, health probes and
+# metrics scrapes, which must not wait behind a full queue. Image requests beyond the queue get the engine's own
+# 429, with OpenAI's error body and a retry-after, rather than waiting in Serve's proxy.
+UNQUEUED_HEADROOM = 16
+_SERVE_OWNS = {"host": "http_options.host", "port": "http_options.port"}
+
+
+class ImageFiles:
+    """The one store of the images returned by URL, shared by every replica (an ImageStore in its own actor)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._store = ImageStore(ttl_s=ttl_s)
+
+    async def put(self, data: bytes, media_type: str, extension: str) -> str:
+        return await self._store.put(data, media_type, extension)
+
+    async def get(self, image_id: str) -> StoredImage | None:
+        return await self._store.get(image_id)
+
+
+class SharedImageStore:
+    """The ImageStorage a replica uses: calls to the ImageFiles deployment."""
+
+    def __init__(self, files: DeploymentHandle) -> None:
+        self._files = files
+
+    async def put(self, data: bytes, media_type: str, extension: str) -> str:
+        return await self._files.put.remote(data, media_type, extension)
+
+    async def get(self, image_id: str) -> StoredImage | None:
+        return await self._files.get.remote(image_id)
+
+
+@serve.ingress()
+class ImageServer:
+    """One replica: the app `localimg serve` runs, built in the replica's process. It takes traffic once its
+    preloaded models are loaded and warmed up, so a new or restarted replica never answers with a cold model."""
+
+    async def __init__(self, settings: Settings, files: DeploymentHandle) -> None:
+        self._settings = settings
+        self._files = files
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        configure_logging(self._settings.log_level)
+        return build_app(self._settings, store=SharedImageStore(self._files), serve_while_loading=False)
+
+
+@dataclass(frozen=True)
+class ReplicaShape:
+    replicas: int | str  # a count, or "auto"
+    cpus: float
+    gpus: float
+
+
+def app(args: Mapping[str, object]) -> Application:
+    """The Serve application builder (`serve run localimg.ray_serve:app key=value ...`, or `import_path` and
+    `args` in a Serve config file)."""
+    settings, shape = parse_args(args)
+    files = serve.deployment(ImageFiles, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0})
+    server = serve.deployment(
+        ImageServer,
+        name="localimg",
+        num_replicas=shape.replicas,
+        ray_actor_options={"num_cpus": shape.cpus, "num_gpus": shape.gpus},
+        max_ongoing_requests=settings.max_queue + UNQUEUED_HEADROOM,
+        graceful_shutdown_timeout_s=settings.drain_timeout_s,
+    )
+    return server.bind(settings, files.bind(settings.url_ttl_s))
+
+
+def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
+    """The server's settings and the replicas' shape, checked here (models.toml included) so that a mistake is
+    one clear error before any replica starts. Raises ValueError."""
+    options = {str(key).replace("_", "-"): value for key, value in args.items()}
+    for key, where in _SERVE_OWNS.items():
+        if key in options:
+            raise ValueError(f"{key}: Ray Serve's proxy listens for the replicas; set {where} in the Serve config")
+    replicas = _replicas(options.pop("replicas", 1))
+    cpus = _number("cpus-per-replica", options.pop("cpus-per-replica", 1))
+    gpus = options.pop("gpus-per-replica", None)
+    settings = serve_settings(options)
+    if gpus is None:  # Ray schedules GPUs by CUDA device only
+        gpus = 0 if settings.device.lower() in ("cpu", "mps") else 1
+    shape = ReplicaShape(replicas=replicas, cpus=cpus, gpus=_number("gpus-per-replica", gpus))
+    # Replicas run in other working directories, perhaps on other machines: the config is named absolutely.
+    settings = replace(settings, config=Path(settings.config).resolve())
+    check_settings(settings)
+    preload_list(settings.preload, load_registry(settings))
+    return settings, shape
+
+
+def _replicas(value: object) -> int | str:
+    if str(value).lower() == "auto":
+        return "auto"
+    number = _number("replicas", value)
+    if number < 1 or number != int(number):
+        raise ValueError(f"replicas must be a whole number >= 1 or auto, got {value!r}")
+    return int(number)
+
+
+def _number(name: str, value: object) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return number
