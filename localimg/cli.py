@@ -102,8 +102,11 @@ def serve(
         list[str], typer.Option(envvar="LOCALIMG_CORS_ORIGIN", help="Browser origin allowed by CORS (repeatable).")
     ] = [],  # noqa: B006
     inject_oom: Annotated[int, typer.Option(envvar="LOCALIMG_INJECT_OOM", hidden=True)] = 0,
+    inject_device_failure: Annotated[bool, typer.Option(envvar="LOCALIMG_INJECT_DEVICE_FAILURE", hidden=True)] = False,
 ) -> None:
     """Run the HTTP server."""
+    # The parameters above declare the options; settings_from reads their values from the context, as
+    # serve_settings does for the Ray Serve application, so both map options to Settings in one place.
     from localimg.server import run
 
     with _config_errors():
@@ -138,6 +141,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         max_body_mb=options["max_body_mb"],
         cors_origins=_split(options["cors_origin"]),
         inject_oom=options["inject_oom"],
+        inject_device_failure=options["inject_device_failure"],
     )
 
 

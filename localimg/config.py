@@ -42,5 +42,7 @@ class Settings:
     insecure: bool = False
     max_body_mb: float = 64.0
     cors_origins: tuple[str, ...] = ()
-    # Testing only: the next N pipeline calls of more than one image raise a fake CUDA out-of-memory error.
+    # Testing only (localimg/testing/faults.py): the next N pipeline calls of more than one image raise a fake CUDA
+    # out-of-memory error; a prompt with the marker raises a fake illegal memory access.
     inject_oom: int = 0
+    inject_device_failure: bool = False

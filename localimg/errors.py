@@ -119,5 +119,16 @@ class GenerationError(LocalImgError):
     type = "server_error"
 
 
+class DeviceFailedError(LocalImgError):
+    """The device failed in a way no later call on it can recover from (a sticky CUDA error: illegal memory
+    access, device-side assert, uncorrectable ECC error, ...): the process must be restarted to generate again."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="device_failed")
+
+
 class RegistryError(Exception):
     """models.toml is malformed. The message names the file, the table and the key."""

@@ -70,10 +70,19 @@ class ImageServer:
     async def __init__(self, settings: Settings, files: DeploymentHandle) -> None:
         self._settings = settings
         self._files = files
+        self._app: FastAPI | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         configure_logging(self._settings.log_level)
-        return build_app(self._settings, store=SharedImageStore(self._files), serve_while_loading=False)
+        self._app = build_app(self._settings, store=SharedImageStore(self._files), serve_while_loading=False)
+        return self._app
+
+    def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose device failed for good is replaced by a fresh process (a fresh
+        CUDA context), as `localimg serve` exits for its supervisor to restart it."""
+        failure = None if self._app is None else self._app.state.service.engine.device_failure
+        if failure is not None:
+            raise RuntimeError(f"device failed: {failure}")
 
 
 @dataclass(frozen=True)

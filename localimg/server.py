@@ -32,6 +32,9 @@ log = logging.getLogger("localimg")
 # activations, which grow with image size and batch.
 DEFAULT_CUDA_WEIGHT_SHARE = 0.75
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The exit status after the device failed for good (engine.device_failure): a supervisor's restart brings up a
+# fresh CUDA context, which nothing inside this process can.
+DEVICE_FAILED_EXIT_STATUS = 3
 
 
 def load_registry(settings: Settings) -> Registry:
@@ -63,11 +66,12 @@ def build_app(settings: Settings, *, store: ImageStorage | None = None, serve_wh
         if problem is not None:
             log.warning("model %s cannot be served until its weights are in place: %s", spec.name, problem)
     backends = {spec.name: DiffusersBackend(spec, device) for spec in registry}
-    if settings.inject_oom:
-        from localimg.testing.faults import OomBudget, inject_oom
+    if settings.inject_oom or settings.inject_device_failure:
+        from localimg.testing.faults import OomBudget, inject_faults
 
         budget = OomBudget(settings.inject_oom)
-        backends = {name: inject_oom(backend, budget) for name, backend in backends.items()}
+        faulty = settings.inject_device_failure
+        backends = {name: inject_faults(backend, budget, device_failure=faulty) for name, backend in backends.items()}
     if settings.memory_budget_gb is not None:
         memory_budget: int | None = int(settings.memory_budget_gb * 1e9)
     else:
@@ -189,7 +193,10 @@ def run(settings: Settings) -> None:
         access_log=False,  # RequestIdMiddleware logs each request with its id
         timeout_graceful_shutdown=30,
     )
-    _draining_server(config, app.state.service.engine, settings.drain_timeout_s).run(sockets=[listener])
+    engine = app.state.service.engine
+    _draining_server(config, engine, settings.drain_timeout_s).run(sockets=[listener])
+    if engine.device_failure is not None:
+        raise SystemExit(DEVICE_FAILED_EXIT_STATUS)
 
 
 def configure_logging(level: str) -> None:
@@ -218,7 +225,7 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
     """uvicorn's server, with a graceful SIGTERM/SIGINT: stop admission (new jobs get 503 and /ready turns 503
     while the socket still accepts), let queued and running jobs finish for up to `drain_timeout_s`, fail what
     is left with a 503 its client receives, then let uvicorn close connections and exit. A second signal exits
-    at once."""
+    at once. A failed device ends the server too, once its clients have their 503s."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -234,6 +241,9 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
                 self.should_exit = self.force_exit = True
 
         async def on_tick(self, counter: int) -> bool:
+            if engine.device_failure is not None and not self.should_exit:
+                log.critical("exiting with status %d so that the server is restarted", DEVICE_FAILED_EXIT_STATUS)
+                self.should_exit = True
             if self.draining_since is not None and not self.should_exit:
                 if engine.in_flight == 0:
                     self.should_exit = True

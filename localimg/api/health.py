@@ -1,8 +1,9 @@
-"""GET /health: the process serves (always 200). GET /ready: 200 when the preloaded models are loaded and new
-work is admitted; 503 while loading, while a preloaded model is unavailable (its load failed: the log says why),
-or while draining for shutdown; while a model is unavailable, each probe (at most one at a time) tries to load it
-again, within the engine's back-off, so weights put in place are picked up without a client request. Load
-balancers and Docker's healthcheck use it. Neither needs an API key."""
+"""GET /health: 200 while the process can serve; 503 once its device has failed for good (a sticky CUDA error: the
+server is about to exit for its supervisor to restart it). GET /ready: 200 when the preloaded models are loaded
+and new work is admitted; 503 while loading, while a preloaded model is unavailable (its load failed: the log
+says why), while draining for shutdown, or after a device failure; while a model is unavailable, each probe (at
+most one at a time) tries to load it again, within the engine's back-off, so weights put in place are picked up
+without a client request. Load balancers and Docker's healthcheck use it. Neither needs an API key."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health() -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
+    failure = request.app.state.service.engine.device_failure
+    if failure is not None:
+        return JSONResponse({"status": "device_failed", "error": failure}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     engine = request.app.state.service.engine
+    if engine.device_failure is not None:
+        return JSONResponse({"status": "device_failed", "error": engine.device_failure}, status_code=503)
     if not engine.accepting:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"retry-after": "1"})
     if not request.app.state.ready:

@@ -31,6 +31,29 @@ _REQUEST = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 _MPS_DTYPE: Mapping[str, str] = {"sd15": "float16", "sdxl": "float16", "flux": "bfloat16", "sd3": "bfloat16"}
 
 
+# The CUDA runtime's messages for the errors that leave a process's CUDA context unusable: every later call on it
+# fails too, until the process exits (CUDA runtime API, "cudaError"). torch reports them as "CUDA error: <message>".
+_STICKY_CUDA_ERRORS = (
+    "an illegal memory access was encountered",  # cudaErrorIllegalAddress
+    "unspecified launch failure",  # cudaErrorLaunchFailure
+    "device-side assert triggered",  # cudaErrorAssert
+    "an illegal instruction was encountered",  # cudaErrorIllegalInstruction
+    "misaligned address",  # cudaErrorMisalignedAddress
+    "hardware stack error",  # cudaErrorHardwareStackError
+    "invalid program counter",  # cudaErrorInvalidPc
+    "operation not supported on global/shared address space",  # cudaErrorInvalidAddressSpace
+    "the launch timed out and was terminated",  # cudaErrorLaunchTimeout
+    "uncorrectable ECC error encountered",  # cudaErrorECCUncorrectable
+    "unknown error",  # cudaErrorUnknown: what a GPU that fell off the bus (Xid 79) gives
+)
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a CUDA error after which the device cannot be used by this process any more."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(f"CUDA error: {message}" in text for message in _STICKY_CUDA_ERRORS)
+
+
 class DeviceUnavailableError(ModelUnavailableError):
     """The requested device does not exist on this machine (or this torch build)."""
 

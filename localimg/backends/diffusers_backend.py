@@ -11,13 +11,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from localimg.backends.base import StepProgress
-from localimg.backends.device import choose_dtype, cuda_capability, release_memory, torch_device, torch_dtype
+from localimg.backends.device import (
+    choose_dtype,
+    cuda_capability,
+    is_device_failure,
+    release_memory,
+    torch_device,
+    torch_dtype,
+)
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
 from localimg.backends.optimizations import optimize_pipeline, warm_up
 from localimg.backends.previews import DenoisingTap, decode_preview
 from localimg.backends.step_cache import step_cache_scope
-from localimg.errors import OUT_OF_MEMORY, GenerationError, ModelUnavailableError
+from localimg.errors import OUT_OF_MEMORY, DeviceFailedError, GenerationError, ModelUnavailableError
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -65,6 +72,8 @@ class DiffusersBackend:
         except ModelUnavailableError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - a compile, fp8 or warm-up failure: the model cannot be served
+            if is_device_failure(exc):  # nothing can be freed on a failed device: no unload
+                raise self._device_failed(exc) from exc
             logger.error("model %s failed while being prepared", self.spec.name, exc_info=exc)
             out_of_memory = _is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY
             failure = ModelUnavailableError(
@@ -124,6 +133,8 @@ class DiffusersBackend:
             try:
                 images.extend(self._call(pipe, items[start : start + chunk], start, on_step))
             except Exception as exc:
+                if is_device_failure(exc):
+                    raise self._device_failed(exc) from exc
                 if not _is_out_of_memory(exc):
                     raise
                 detail = str(exc)
@@ -148,6 +159,13 @@ class DiffusersBackend:
                     code=OUT_OF_MEMORY,
                 )
         return images
+
+    def _device_failed(self, exc: BaseException) -> DeviceFailedError:
+        cause = str(exc).strip().splitlines()[0]
+        return DeviceFailedError(
+            f"The server's device ({self.device.name}) failed ({cause}) and cannot generate until the server is "
+            "restarted. Please retry."
+        )
 
     def count_tokens(self, text: str) -> int:
         """Prompt length in the family's primary tokenizer, special tokens excluded, never truncated."""

@@ -8,7 +8,9 @@ scheduler.py for the batch key and fairness), and keeps the resident models with
 (residency.py).
 
 Every admitted job ends in a result or an error its waiter receives: a failed batch fails each job in it, a
-timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with OverloadedError.
+timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with OverloadedError. A device that
+fails for good (DeviceFailedError) fails the queued jobs too and every later one, and is reported by
+`device_failure` so that the process gets restarted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from localimg import request_context
 from localimg.errors import (
     OUT_OF_MEMORY,
+    DeviceFailedError,
     GenerationCancelled,
     LocalImgError,
     ModelUnavailableError,
@@ -80,6 +83,7 @@ class Engine:
         self._control: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._running: list[Job] = []
         self._closed = False
+        self._device_failure: DeviceFailedError | None = None  # written once, by the worker
         self._worker = threading.Thread(target=self._work, name="localimg-worker", daemon=True)
         self._worker.start()
 
@@ -93,6 +97,11 @@ class Engine:
     def accepting(self) -> bool:
         """Whether new jobs are admitted (False once draining for shutdown)."""
         return self._accepting
+
+    @property
+    def device_failure(self) -> str | None:
+        """Why the device cannot be used any more (this process must be restarted), or None while it can."""
+        return None if self._device_failure is None else self._device_failure.message
 
     @contextmanager
     def request_arriving(self) -> Iterator[None]:
@@ -194,6 +203,9 @@ class Engine:
         """Raise what `generate` would refuse a job with now: 503 while shutting down, 429 while the queue is
         full. Streams call it before their first byte, so that a refusal is a plain HTTP error the SDKs retry
         rather than an error event inside a 200; uploads call it before decoding."""
+        if self._device_failure is not None:
+            self.metrics.rejected.labels("device_failed").inc()
+            raise DeviceFailedError(self._device_failure.message)
         if not self._accepting:
             self.metrics.rejected.labels("shutting_down").inc()
             raise OverloadedError(
@@ -247,6 +259,8 @@ class Engine:
                 try:
                     future.set_result(work())
                 except BaseException as exc:  # noqa: BLE001 - delivered to the waiter
+                    if isinstance(exc, DeviceFailedError):
+                        self._device_failed(exc)
                     future.set_exception(exc)
                 continue
             if batch:
@@ -322,6 +336,22 @@ class Engine:
             log.error("batch failed", exc_info=exc)
         if code == OUT_OF_MEMORY:
             self.metrics.oom.labels(model).inc()
+        if isinstance(exc, DeviceFailedError):  # first: a waiter woken by the error finds the engine failed
+            self._device_failed(exc)
         for job in batch:
             if job.settle(error=exc):
                 self.metrics.errors.labels(model, code).inc()
+
+    def _device_failed(self, failure: DeviceFailedError) -> None:
+        """The device is lost to this process: refuse every new job, and fail the queued ones now with the same
+        503 (each would fail the same way) rather than after a wait."""
+        if self._device_failure is None:
+            log.critical("device failed; no job can run until the server restarts", exc_info=failure.__cause__)
+            self._device_failure = failure
+        self._accepting = False
+        with self._cond:
+            jobs = self._queue.drain()
+            self.metrics.waiting.set(0)
+        for job in jobs:
+            if job.settle(error=failure):
+                self.metrics.errors.labels(job.plan.model, failure.code or "device_failed").inc()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localimg.backends.base import PhasedLoadBackend, SizedBackend
-from localimg.errors import OUT_OF_MEMORY, ModelUnavailableError
+from localimg.errors import OUT_OF_MEMORY, DeviceFailedError, ModelUnavailableError
 
 if TYPE_CHECKING:
     from localimg.backends.base import ImageBackend
@@ -87,6 +87,8 @@ class ModelResidency:
         started = time.perf_counter()
         try:
             self._load(name, backend)
+        except DeviceFailedError:  # not this model's failure: the engine's (no model can be served now)
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever a backend raises, the model cannot be served now
             known = isinstance(exc, ModelUnavailableError)
             detail = exc.message if known else f"{type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ from localimg.backends.device import (
     ResolvedDevice,
     _malloc_trim,
     choose_dtype,
+    is_device_failure,
     release_memory,
     resolve_device,
     torch_device,
@@ -143,3 +144,33 @@ def test_release_memory_trims_the_host_heap_where_glibc_can():
     release_memory(resolve_device("cpu"))
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert (_malloc_trim() is not None) == glibc
+
+
+CUDA_ERROR = getattr(torch, "AcceleratorError", RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("exc", "lost"),
+    [
+        (
+            CUDA_ERROR("CUDA error: an illegal memory access was encountered\nSearch for `cudaErrorIllegalAddress'"),
+            True,
+        ),
+        (
+            RuntimeError("CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously ..."),
+            True,
+        ),
+        (RuntimeError("CUDA error: unspecified launch failure"), True),
+        (RuntimeError("CUDA error: uncorrectable ECC error encountered"), True),
+        (RuntimeError("CUDA error: unknown error"), True),  # a GPU that fell off the bus
+        # Not sticky: the next call can succeed, so the device is not given up on.
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+        (RuntimeError("CUDA error: out of memory"), False),
+        (RuntimeError("CUDA error: invalid argument"), False),
+        (RuntimeError("Expected all tensors to be on the same device"), False),
+        (ValueError("CUDA error: an illegal memory access was encountered"), False),  # not torch's
+        (RuntimeError("an illegal memory access was encountered"), False),  # not reported as a CUDA error
+    ],
+)
+def test_only_sticky_cuda_errors_count_as_a_failed_device(exc: BaseException, lost: bool):
+    assert is_device_failure(exc) is lost

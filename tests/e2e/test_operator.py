@@ -95,3 +95,27 @@ def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: P
         assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
     finally:
         server.stop()
+
+
+def test_a_failed_device_answers_503_and_ends_the_server_for_its_supervisor(tiny_models_toml: Path):
+    """After a sticky CUDA error (injected: a fake illegal memory access raised inside the real pipeline call)
+    nothing can run on the device again in this process: the request gets a 503 naming the failure, and the
+    server exits with status 3 so that systemd, Docker or Kubernetes starts a fresh one."""
+    from localimg.server import DEVICE_FAILED_EXIT_STATUS
+    from localimg.testing.faults import DEVICE_FAILURE_PROMPT
+
+    server = ServerProcess(tiny_models_toml, "--preload", "tiny-flux", "--inject-device-failure")
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0, timeout=60)
+        assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
+        with pytest.raises(openai.InternalServerError) as info:
+            client.images.generate(model="tiny-flux", prompt=f"x {DEVICE_FAILURE_PROMPT}", size="256x256")
+        assert info.value.status_code == 503
+        assert info.value.code == "device_failed"
+        assert "illegal memory access" in info.value.message
+        assert server.process.wait(timeout=60) == DEVICE_FAILED_EXIT_STATUS
+        log = server.log()
+        assert "CRITICAL localimg.service.engine" in log and "cudaErrorIllegalAddress" in log  # with its traceback
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from localimg import request_context
 from localimg.backends.base import StepProgress
 from localimg.errors import (
     OUT_OF_MEMORY,
+    DeviceFailedError,
     GenerationError,
     ModelUnavailableError,
     OverloadedError,
@@ -284,6 +285,49 @@ def test_shutdown_refuses_new_jobs_and_answers_queued_ones():
         for task in (blocker, queued):
             with pytest.raises(OverloadedError):
                 await task
+
+    run(test, engine)
+
+
+def test_a_failed_device_fails_its_batch_the_queued_jobs_and_every_later_one():
+    """A sticky CUDA error: every job would fail the same way, so the queued ones are answered at once rather
+    than after their turn, and nothing more is admitted; `device_failure` tells the server to get restarted."""
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=0.0)
+    failure = DeviceFailedError("The server's device (GPU 0) failed (CUDA error: an illegal memory access ...)")
+
+    async def test() -> None:
+        blocker = await held(engine, backend)
+        queued = [asyncio.create_task(engine.generate(plan(i, width=8), client=f"c{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert engine.device_failure is None
+        backend.fail_with = failure
+        backend.release.set()
+        for task in (blocker, *queued):
+            with pytest.raises(DeviceFailedError) as info:
+                await task
+            assert info.value.status == 503 and info.value.code == "device_failed"
+        assert len(backend.calls) == 1  # the queued jobs never reached the device
+        assert engine.device_failure == failure.message
+        with pytest.raises(DeviceFailedError):
+            await engine.generate(plan(7))
+        with pytest.raises(DeviceFailedError):
+            engine.check_admission()  # streams and uploads are refused before their first byte too
+
+    run(test, engine)
+    errors = engine.metrics.registry.get_sample_value("localimg_errors_total", {"model": "m", "code": "device_failed"})
+    assert errors == 4
+
+
+def test_a_device_failure_while_loading_is_a_failed_device_too():
+    backend = StandInBackend()
+    backend.load_fails_with = DeviceFailedError("The server's device failed (CUDA error: unknown error)")
+    engine = engine_for(backend)
+
+    async def test() -> None:
+        with pytest.raises(DeviceFailedError):
+            await engine.generate(plan(1))
+        assert engine.device_failure is not None
 
     run(test, engine)
 

@@ -12,12 +12,12 @@ import pytest
 
 from localimg.api.app import create_app, preload_and_warm_up
 from localimg.config import Settings
-from localimg.errors import ModelUnavailableError
+from localimg.errors import DeviceFailedError, ModelUnavailableError
 from localimg.registry import Registry
 from localimg.service.engine import Engine, EngineConfig
 from localimg.service.image_store import ImageStore
 from localimg.service.images import ImageService
-from tests.service.standin import StandInBackend
+from tests.service.standin import StandInBackend, plan
 
 
 def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
@@ -104,3 +104,30 @@ def test_start_up_waits_for_the_preload_only_when_asked(serve_while_loading: boo
 
     ready, loaded = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert (ready, loaded) == ((False, False) if serve_while_loading else (True, True))
+
+
+def test_health_and_ready_turn_503_once_the_device_has_failed():
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    backend = StandInBackend(name="m", steps=1)
+    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
+    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    app.state.ready = True
+    message = "The server's device (GPU 0) failed (CUDA error: unspecified launch failure)"
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            assert (await client.get("/health")).status_code == 200
+            backend.fail_with = DeviceFailedError(message)
+            with pytest.raises(DeviceFailedError):
+                await engine.generate(plan(1))
+            for path in ("/health", "/ready"):
+                answer = await client.get(path)
+                assert answer.status_code == 503
+                assert answer.json() == {"status": "device_failed", "error": message}
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        engine.close()
