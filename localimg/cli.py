@@ -157,16 +157,27 @@ def serve_settings(arguments: Mapping[str, object]) -> Settings:
         param = flags.get(flag)
         if param is None or param.hidden:
             raise ValueError(f"unknown option {key!r}; `localimg serve --help` lists them")
+        if value is None:  # YAML's null: the option's default
+            continue
         if getattr(param, "is_flag", False):
-            argv.append(flag if str(value).lower() in ("1", "true", "yes", "on") else f"--no-{flag[2:]}")
+            argv.append(flag if _switch(flag, value) else f"--no-{flag[2:]}")
         else:
-            values = value if isinstance(value, list) else [value]
+            values = value if isinstance(value, (list, tuple)) else [value]
             argv += [part for item in values for part in (flag, str(item))]
     try:
         context = serve_command.make_context("localimg serve", argv)
     except typer.TyperException as exc:  # typer's click errors: the message names the option
         raise ValueError(exc.format_message()) from None
     return settings_from(context.params)
+
+
+def _switch(flag: str, value: object) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{flag} is a switch: true or false, got {value!r}")
 
 
 @app.command("models")

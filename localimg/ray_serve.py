@@ -9,12 +9,15 @@ Images returned by URL go to one small store deployment, so whichever replica a 
 The arguments are `localimg serve`'s options (`api-keys-file=keys.txt` or `api_keys_file=...`; a list is
 repeated or comma-separated), minus host and port, which are Serve's `http_options`, plus:
     replicas          replicas of the server, or `auto` (Serve's autoscaling); default 1
-    gpus-per-replica  default 1, or 0 with device=cpu or mps
+    gpus-per-replica  default 1, or 0 with device=cpu or mps; at most 1 (a fraction shares a GPU)
     cpus-per-replica  default 1
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +29,15 @@ from ray.serve.handle import DeploymentHandle
 
 from localimg.cli import serve_settings
 from localimg.config import Settings
-from localimg.server import build_app, check_settings, configure_logging, load_registry, preload_list
+from localimg.server import (
+    DEVICE_FAILED_EXIT_STATUS,
+    build_app,
+    check_settings,
+    configure_logging,
+    load_registry,
+    preload_list,
+)
+from localimg.service.engine import Engine
 from localimg.service.image_store import ImageStore, StoredImage
 
 # Ongoing requests Serve lets each replica take beyond its engine's queue: image links, health probes and
@@ -34,6 +45,9 @@ from localimg.service.image_store import ImageStore, StoredImage
 # 429, with OpenAI's error body and a retry-after, rather than waiting in Serve's proxy.
 UNQUEUED_HEADROOM = 16
 _SERVE_OWNS = {"host": "http_options.host", "port": "http_options.port"}
+_GRACE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class ImageFiles:
@@ -67,22 +81,29 @@ class ImageServer:
     """One replica: the app `localimg serve` runs, built in the replica's process. It takes traffic once its
     preloaded models are loaded and warmed up, so a new or restarted replica never answers with a cold model."""
 
-    async def __init__(self, settings: Settings, files: DeploymentHandle) -> None:
+    async def __init__(self, settings: Settings, files: DeploymentHandle, device_share: float) -> None:
         self._settings = settings
         self._files = files
-        self._app: FastAPI | None = None
+        self._device_share = device_share
+        self._watch: asyncio.Task[None] | None = None
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    async def __serve_build_asgi_app__(self) -> FastAPI:
         configure_logging(self._settings.log_level)
-        self._app = build_app(self._settings, store=SharedImageStore(self._files), serve_while_loading=False)
-        return self._app
+        store = SharedImageStore(self._files)
+        app = build_app(self._settings, store=store, serve_while_loading=False, device_share=self._device_share)
+        self._watch = asyncio.create_task(_end_when_the_device_fails(app.state.service.engine))
+        return app
 
-    def check_health(self) -> None:
-        """Serve's periodic probe: a replica whose device failed for good is replaced by a fresh process (a fresh
-        CUDA context), as `localimg serve` exits for its supervisor to restart it."""
-        failure = None if self._app is None else self._app.state.service.engine.device_failure
-        if failure is not None:
-            raise RuntimeError(f"device failed: {failure}")
+
+async def _end_when_the_device_fails(engine: Engine) -> None:
+    """A replica whose device failed for good ends its process, as `localimg serve` does, and Serve starts a
+    fresh one (a fresh CUDA context). Not a failing health check: Serve takes three of them, 30 s, to act, and
+    meanwhile its router favours the replica that answers 503s fastest."""
+    while engine.device_failure is None:
+        await asyncio.sleep(0.1)
+    log.critical("device failed; ending this replica in %.0f s so that Serve starts a fresh one", _GRACE_S)
+    await asyncio.sleep(_GRACE_S)  # the 503s already decided go out first
+    os._exit(DEVICE_FAILED_EXIT_STATUS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +117,9 @@ def app(args: Mapping[str, object]) -> Application:
     """The Serve application builder (`serve run localimg.ray_serve:app key=value ...`, or `import_path` and
     `args` in a Serve config file)."""
     settings, shape = parse_args(args)
-    files = serve.deployment(ImageFiles, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0})
+    files = serve.deployment(
+        ImageFiles, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+    )  # each call takes a millisecond or two; Serve's default of 5 at a time would queue links behind each other
     server = serve.deployment(
         ImageServer,
         name="localimg",
@@ -105,7 +128,8 @@ def app(args: Mapping[str, object]) -> Application:
         max_ongoing_requests=settings.max_queue + UNQUEUED_HEADROOM,
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
     )
-    return server.bind(settings, files.bind(settings.url_ttl_s))
+    device_share = shape.gpus if 0 < shape.gpus < 1 else 1.0  # replicas sharing a GPU share its memory too
+    return server.bind(settings, files.bind(settings.url_ttl_s), device_share)
 
 
 def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
@@ -119,11 +143,18 @@ def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
     cpus = _number("cpus-per-replica", options.pop("cpus-per-replica", 1))
     gpus = options.pop("gpus-per-replica", None)
     settings = serve_settings(options)
+    device = settings.device.strip().lower()
     if gpus is None:  # Ray schedules GPUs by CUDA device only
-        gpus = 0 if settings.device.lower() in ("cpu", "mps") else 1
+        gpus = 0 if device in ("cpu", "mps") else 1
     shape = ReplicaShape(replicas=replicas, cpus=cpus, gpus=_number("gpus-per-replica", gpus))
+    if shape.gpus > 1:
+        raise ValueError(f"gpus-per-replica must be at most 1 (a replica runs on one GPU), got {gpus!r}")
+    if shape.gpus and device.startswith("cuda:") and device != "cuda:0":
+        raise ValueError(f"device={settings.device}: each replica sees only the GPU Ray gives it; use device=cuda")
     # Replicas run in other working directories, perhaps on other machines: the config is named absolutely.
-    settings = replace(settings, config=Path(settings.config).resolve())
+    # Host and port are the proxy's (http_options): LOCALIMG_HOST/PORT, as the Docker image sets them, do not apply.
+    defaults = Settings()
+    settings = replace(settings, config=Path(settings.config).resolve(), host=defaults.host, port=defaults.port)
     check_settings(settings)
     preload_list(settings.preload, load_registry(settings))
     return settings, shape

@@ -42,9 +42,16 @@ def load_registry(settings: Settings) -> Registry:
     return registry.restricted_to(list(settings.models)) if settings.models else registry
 
 
-def build_app(settings: Settings, *, store: ImageStorage | None = None, serve_while_loading: bool = True) -> FastAPI:
+def build_app(
+    settings: Settings,
+    *,
+    store: ImageStorage | None = None,
+    serve_while_loading: bool = True,
+    device_share: float = 1.0,
+) -> FastAPI:
     """The whole server for one device. `store` holds the images returned by URL (default: this process's
-    memory); `serve_while_loading`: see create_app."""
+    memory); `serve_while_loading`: see create_app; `device_share`: the part of a CUDA device this server has
+    (Ray replicas sharing a GPU), which scales the default memory budget."""
     registry = load_registry(settings)
     preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
     # Imported here so that `localimg --help` and `localimg models` never import torch.
@@ -76,7 +83,7 @@ def build_app(settings: Settings, *, store: ImageStorage | None = None, serve_wh
         memory_budget: int | None = int(settings.memory_budget_gb * 1e9)
     else:
         total = device_memory_bytes(device)
-        memory_budget = None if total is None else int(total * DEFAULT_CUDA_WEIGHT_SHARE)
+        memory_budget = None if total is None else int(total * DEFAULT_CUDA_WEIGHT_SHARE * device_share)
     engine = Engine(backends, config=engine_config(settings, memory_budget))
     transparency = TransparencyStage(load_matting(registry.matting, device))
     service = ImageService(

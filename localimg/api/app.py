@@ -38,9 +38,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(preload_and_warm_up(app, service, preload))
-        if not serve_while_loading:
-            await asyncio.shield(loading)
         try:
+            if not serve_while_loading:
+                await asyncio.shield(loading)
             yield
         finally:
             loading.cancel()

@@ -32,7 +32,8 @@ _MPS_DTYPE: Mapping[str, str] = {"sd15": "float16", "sdxl": "float16", "flux": "
 
 
 # The CUDA runtime's messages for the errors that leave a process's CUDA context unusable: every later call on it
-# fails too, until the process exits (CUDA runtime API, "cudaError"). torch reports them as "CUDA error: <message>".
+# fails too, until the process exits (CUDA runtime API, "cudaError"). torch reports them as "CUDA error: <message>",
+# kernels compiled by Triton (torch.compile) as "Triton Error [CUDA]: <message>".
 _STICKY_CUDA_ERRORS = (
     "an illegal memory access was encountered",  # cudaErrorIllegalAddress
     "unspecified launch failure",  # cudaErrorLaunchFailure
@@ -46,12 +47,32 @@ _STICKY_CUDA_ERRORS = (
     "uncorrectable ECC error encountered",  # cudaErrorECCUncorrectable
     "unknown error",  # cudaErrorUnknown: what a GPU that fell off the bus (Xid 79) gives
 )
+_CUDA_ERROR_PREFIXES = ("CUDA error: ", "Triton Error [CUDA]: ")
 
 
 def is_device_failure(exc: BaseException) -> bool:
-    """Whether `exc` is a CUDA error after which the device cannot be used by this process any more."""
+    """Whether `exc` reports a CUDA error after which the device cannot be used by this process any more."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and any(f"CUDA error: {message}" in text for message in _STICKY_CUDA_ERRORS)
+    return isinstance(exc, RuntimeError) and any(
+        prefix + message in text for prefix in _CUDA_ERROR_PREFIXES for message in _STICKY_CUDA_ERRORS
+    )
+
+
+def lost_device_error(device: ResolvedDevice, exc: BaseException) -> BaseException | None:
+    """The sticky CUDA error behind `exc` when the device is lost, else None: `exc` itself when it says so;
+    otherwise, for a CUDA device, what a synchronize raises, since a library may report a failed kernel in its
+    own words first (cuBLAS's CUBLAS_STATUS_EXECUTION_FAILED) and leave the sticky error to the next call."""
+    if is_device_failure(exc):
+        return exc
+    if device.kind != "cuda" or not isinstance(exc, RuntimeError):
+        return None
+    import torch
+
+    try:
+        torch.cuda.synchronize(device.torch_name)
+    except RuntimeError as probe:
+        return probe if is_device_failure(probe) else None
+    return None
 
 
 class DeviceUnavailableError(ModelUnavailableError):

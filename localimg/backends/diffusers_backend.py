@@ -14,7 +14,7 @@ from localimg.backends.base import StepProgress
 from localimg.backends.device import (
     choose_dtype,
     cuda_capability,
-    is_device_failure,
+    lost_device_error,
     release_memory,
     torch_device,
     torch_dtype,
@@ -63,17 +63,21 @@ class DiffusersBackend:
 
     def load(self) -> None:
         """Load the weights onto the device, optimize and warm up (a no-op when loaded). Any failure leaves
-        nothing loaded and raises ModelUnavailableError (code OUT_OF_MEMORY when the model did not fit)."""
+        nothing loaded and raises ModelUnavailableError (code OUT_OF_MEMORY when the model did not fit), or
+        DeviceFailedError when the device itself failed."""
         if self._pipe is not None:
             return
         try:
             self._load()
             return
+        except DeviceFailedError:  # from the warm-up's generate; nothing can be freed on a failed device
+            raise
         except ModelUnavailableError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - a compile, fp8 or warm-up failure: the model cannot be served
-            if is_device_failure(exc):  # nothing can be freed on a failed device: no unload
-                raise self._device_failed(exc) from exc
+            lost = lost_device_error(self.device, exc)
+            if lost is not None:
+                raise self._device_failed(lost) from exc
             logger.error("model %s failed while being prepared", self.spec.name, exc_info=exc)
             out_of_memory = _is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY
             failure = ModelUnavailableError(
@@ -133,8 +137,9 @@ class DiffusersBackend:
             try:
                 images.extend(self._call(pipe, items[start : start + chunk], start, on_step))
             except Exception as exc:
-                if is_device_failure(exc):
-                    raise self._device_failed(exc) from exc
+                lost = lost_device_error(self.device, exc)
+                if lost is not None:
+                    raise self._device_failed(lost) from exc
                 if not _is_out_of_memory(exc):
                     raise
                 detail = str(exc)

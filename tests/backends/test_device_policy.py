@@ -14,6 +14,7 @@ from localimg.backends.device import (
     _malloc_trim,
     choose_dtype,
     is_device_failure,
+    lost_device_error,
     release_memory,
     resolve_device,
     torch_device,
@@ -163,6 +164,7 @@ CUDA_ERROR = getattr(torch, "AcceleratorError", RuntimeError)
         (RuntimeError("CUDA error: unspecified launch failure"), True),
         (RuntimeError("CUDA error: uncorrectable ECC error encountered"), True),
         (RuntimeError("CUDA error: unknown error"), True),  # a GPU that fell off the bus
+        (RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"), True),  # torch.compile's
         # Not sticky: the next call can succeed, so the device is not given up on.
         (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
         (RuntimeError("CUDA error: out of memory"), False),
@@ -174,3 +176,26 @@ CUDA_ERROR = getattr(torch, "AcceleratorError", RuntimeError)
 )
 def test_only_sticky_cuda_errors_count_as_a_failed_device(exc: BaseException, lost: bool):
     assert is_device_failure(exc) is lost
+
+
+def test_a_librarys_own_report_of_a_failed_kernel_is_checked_with_a_synchronize(monkeypatch: pytest.MonkeyPatch):
+    """cuBLAS says CUBLAS_STATUS_EXECUTION_FAILED and leaves the sticky error to the next CUDA call: the
+    synchronize is that call. A device that synchronizes fine is not lost, and a CPU is never probed."""
+    gpu = ResolvedDevice("cuda", "Fake GPU 0", index=0)
+    cublas = RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, ...)`")
+    sticky = CUDA_ERROR("CUDA error: an illegal memory access was encountered")
+    synchronized: list[str] = []
+
+    def synchronize_failing(device: str) -> None:
+        synchronized.append(device)
+        raise sticky
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize_failing)
+    assert lost_device_error(gpu, cublas) is sticky
+    assert synchronized == ["cuda:0"]
+    assert lost_device_error(gpu, sticky) is sticky  # says so itself: no probe needed
+    assert synchronized == ["cuda:0"]
+    assert lost_device_error(ResolvedDevice("cpu", "CPU"), cublas) is None
+    assert synchronized == ["cuda:0"]
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: None)
+    assert lost_device_error(gpu, cublas) is None

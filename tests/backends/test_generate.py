@@ -16,7 +16,7 @@ from PIL import Image
 from localimg.backends.base import EditInputs, GenerationPlan, StepProgress
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
-from localimg.errors import GenerationError, ModelUnavailableError
+from localimg.errors import DeviceFailedError, GenerationError, ModelUnavailableError
 from localimg.registry import Registry
 
 FAMILIES = ("tiny-flux", "tiny-sd15", "tiny-sdxl", "tiny-sd3")
@@ -264,3 +264,24 @@ def test_a_model_that_does_not_fit_is_freed_before_the_error_reaches_the_caller(
         assert pipes and pipes[0]() is None, "the failed load's weights are still alive inside the except block"
     else:
         pytest.fail("the load did not fail")
+
+
+def test_a_device_failure_in_the_warm_up_fails_the_device_not_just_the_model(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+):
+    """The warm-up runs compiled kernels for the first time: a sticky CUDA error there (raised inside the real
+    pipeline call) must reach the engine as DeviceFailedError, not as one model that failed to load."""
+    from localimg.testing.faults import DEVICE_FAILURE_PROMPT, OomBudget, inject_faults
+
+    spec = registry.resolve("tiny-flux")
+    assert spec is not None
+    backend = inject_faults(DiffusersBackend(spec, resolve_device("cpu")), OomBudget(0), device_failure=True)
+
+    def warm_up(generate, spec, plan) -> float:  # a warm-up whose first call meets the failure
+        generate([dataclasses.replace(plan_for(backend, (1,)), prompt=DEVICE_FAILURE_PROMPT)])
+        return 0.0
+
+    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up", warm_up)
+    with pytest.raises(DeviceFailedError) as info:
+        backend.load()
+    assert "an illegal memory access" in info.value.message

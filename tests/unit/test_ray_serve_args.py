@@ -42,6 +42,9 @@ def test_options_are_parsed_as_on_the_command_line(monkeypatch: pytest.MonkeyPat
         ({"gpus-per-replica": -1}, "gpus-per-replica must be a number >= 0"),
         ({"cpus_per_replica": "nan"}, "cpus-per-replica must be a number >= 0"),
         ({"preload": "no-such-model"}, "--preload: unknown model 'no-such-model'"),
+        ({"gpus-per-replica": 2}, "gpus-per-replica must be at most 1"),
+        ({"device": "cuda:1"}, "use device=cuda"),  # Ray hands each replica one GPU, its cuda:0
+        ({"insecure": "ture"}, "--insecure is a switch: true or false"),
     ],
 )
 def test_mistakes_are_one_clear_error(args: dict, message: str):
@@ -61,6 +64,22 @@ def test_a_cpu_device_from_the_environment_also_means_no_gpu(monkeypatch: pytest
     monkeypatch.setenv("LOCALIMG_DEVICE", "cpu")
     assert parse_args({"config": str(CONFIG)})[1].gpus == 0
     assert parse_args({"config": str(CONFIG), "gpus-per-replica": 0.5})[1].gpus == 0.5
+
+
+def test_null_means_the_default_and_a_tuple_is_a_list():
+    settings = serve_settings(
+        {"config": str(CONFIG), "public-url": None, "memory-budget-gb": None, "models": ("flux-dev", "sdxl")}
+    )
+    assert settings.public_url is None and settings.memory_budget_gb is None
+    assert settings.models == ("flux-dev", "sdxl")
+
+
+def test_the_docker_images_host_does_not_apply_to_replicas(monkeypatch: pytest.MonkeyPatch):
+    """LOCALIMG_HOST=0.0.0.0 (set in Dockerfile.cuda) would demand an API key for an address Ray never binds."""
+    monkeypatch.setenv("LOCALIMG_HOST", "0.0.0.0")
+    monkeypatch.setenv("LOCALIMG_PORT", "8000")
+    settings, _ = parse_args({"config": str(CONFIG)})
+    assert settings.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(("value", "expected"), [("true", True), (True, True), ("false", False), (False, False)])
