@@ -307,6 +307,8 @@ class Engine:
         log.info("batch model=%s jobs=%d images=%d", model, len(batch), images)
         try:
             fan_out.abort_if_all_cancelled()
+            if self._device_failure is not None:  # admitted just before the failure: never touch the dead device
+                raise DeviceFailedError(self._device_failure.message)
             backend = self._residency.acquire(model)
             # Counted here, on the worker: fast tokenizers are not safe to share across threads.
             tokens = [backend.count_tokens(job.usage_prompt) for job in batch]
