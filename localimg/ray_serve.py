@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from ray import serve
@@ -37,8 +38,10 @@ from localimg.server import (
     load_registry,
     preload_list,
 )
-from localimg.service.engine import Engine
 from localimg.service.image_store import ImageStore, StoredImage
+
+if TYPE_CHECKING:
+    from localimg.service.engine import Engine
 
 # Ongoing requests Serve lets each replica take beyond its engine's queue: image links, health probes and
 # metrics scrapes, which must not wait behind a full queue. Image requests beyond the queue get the engine's own
@@ -50,21 +53,8 @@ _GRACE_S = 1.0
 log = logging.getLogger(__name__)
 
 
-class ImageFiles:
-    """The one store of the images returned by URL, shared by every replica (an ImageStore in its own actor)."""
-
-    def __init__(self, ttl_s: float) -> None:
-        self._store = ImageStore(ttl_s=ttl_s)
-
-    async def put(self, data: bytes, media_type: str, extension: str) -> str:
-        return await self._store.put(data, media_type, extension)
-
-    async def get(self, image_id: str) -> StoredImage | None:
-        return await self._store.get(image_id)
-
-
 class SharedImageStore:
-    """The ImageStorage a replica uses: calls to the ImageFiles deployment."""
+    """The ImageStorage a replica uses: calls to the `image-files` deployment, one ImageStore in its own actor."""
 
     def __init__(self, files: DeploymentHandle) -> None:
         self._files = files
@@ -118,7 +108,7 @@ def app(args: Mapping[str, object]) -> Application:
     `args` in a Serve config file)."""
     settings, shape = parse_args(args)
     files = serve.deployment(
-        ImageFiles, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+        ImageStore, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )  # each call takes a millisecond or two; Serve's default of 5 at a time would queue links behind each other
     server = serve.deployment(
         ImageServer,
@@ -129,7 +119,7 @@ def app(args: Mapping[str, object]) -> Application:
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
     )
     device_share = shape.gpus if 0 < shape.gpus < 1 else 1.0  # replicas sharing a GPU share its memory too
-    return server.bind(settings, files.bind(settings.url_ttl_s), device_share)
+    return server.bind(settings, files.bind(ttl_s=settings.url_ttl_s), device_share)
 
 
 def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
