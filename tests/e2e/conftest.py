@@ -26,10 +26,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, config: Path, *extra_args: str) -> None:
+    """`localimg serve` in a child process; its output goes to `log_dir` (a pytest temporary folder, so logs of
+    the last runs stay for a look and older ones are cleaned up)."""
+
+    def __init__(self, config: Path, *extra_args: str, log_dir: Path) -> None:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.parent / f"server-{self.port}.log"
+        self.log_path = log_dir / f"server-{self.port}.log"
         command = [sys.executable, "-m", "localimg.cli", "serve", "--config", str(config), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--device", "cpu", *extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -61,8 +64,8 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models_toml: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tiny_models_toml, "--preload", "all")
+def server(tiny_models_toml: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tiny_models_toml, "--preload", "all", log_dir=tmp_path_factory.mktemp("server"))
     try:
         process.wait_ready()
         yield process

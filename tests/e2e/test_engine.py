@@ -38,10 +38,11 @@ def metric(server: ServerProcess, name: str, headers: dict[str, str] | None = No
 
 
 @pytest.fixture(scope="module")
-def load_server(tiny_models_toml: Path) -> Iterator[ServerProcess]:
+def load_server(tiny_models_toml: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(
-        tiny_models_toml, "--preload", "tiny-sd15", "--max-queue", "64", "--max-batch", "8", "--inject-oom", "2"
-    )
+        tiny_models_toml, "--preload", "tiny-sd15", "--max-queue", "64", "--max-batch", "8", "--inject-oom", "2",
+        log_dir=tmp_path_factory.mktemp("load-server"),
+    )  # fmt: skip
     try:
         server.wait_ready()
         yield server
@@ -82,10 +83,10 @@ def test_200_requests_at_concurrency_32_complete_and_are_batched(load_server: Se
 
 
 @pytest.fixture(scope="module")
-def guarded_server(tiny_models_toml: Path) -> Iterator[ServerProcess]:
+def guarded_server(tiny_models_toml: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(
         tiny_models_toml, "--preload", "tiny-sd15", "--api-key", KEY, "--max-queue", "2", "--max-body-mb", "1",
-        "--batch-window-ms", "0",
+        "--batch-window-ms", "0", log_dir=tmp_path_factory.mktemp("guarded-server"),
     )  # fmt: skip
     try:
         server.wait_ready()
@@ -208,8 +209,8 @@ def test_oversized_body_is_413_with_the_envelope(guarded_server: ServerProcess, 
     assert set(error) == {"message", "type", "param", "code"} and response.headers["x-request-id"]
 
 
-def test_sigterm_drains_in_flight_refuses_new_and_exits_0(tiny_models_toml: Path):
-    server = ServerProcess(tiny_models_toml, "--preload", "tiny-sd15", "--drain-timeout", "120")
+def test_sigterm_drains_in_flight_refuses_new_and_exits_0(tiny_models_toml: Path, tmp_path: Path):
+    server = ServerProcess(tiny_models_toml, "--preload", "tiny-sd15", "--drain-timeout", "120", log_dir=tmp_path)
     try:
         server.wait_ready()
         client = OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0, timeout=300)
@@ -247,8 +248,8 @@ def test_sigterm_drains_in_flight_refuses_new_and_exits_0(tiny_models_toml: Path
         server.stop()
 
 
-def test_a_second_signal_exits_at_once(tiny_models_toml: Path):
-    server = ServerProcess(tiny_models_toml, "--preload", "tiny-sd15", "--drain-timeout", "300")
+def test_a_second_signal_exits_at_once(tiny_models_toml: Path, tmp_path: Path):
+    server = ServerProcess(tiny_models_toml, "--preload", "tiny-sd15", "--drain-timeout", "300", log_dir=tmp_path)
     try:
         server.wait_ready()
         body = {"prompt": "endless", **SMALL, "size": "512x512", "n": 4, "num_inference_steps": 500}

@@ -58,7 +58,7 @@ def with_absent_model(tiny_models_toml: Path, tmp_path: Path) -> Path:
 
 
 def test_missing_weights_answer_a_clear_error(tiny_models_toml: Path, tmp_path: Path):
-    server = ServerProcess(with_absent_model(tiny_models_toml, tmp_path), "--preload", "default")
+    server = ServerProcess(with_absent_model(tiny_models_toml, tmp_path), "--preload", "default", log_dir=tmp_path)
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0)
@@ -82,7 +82,9 @@ def test_missing_weights_answer_a_clear_error(tiny_models_toml: Path, tmp_path: 
 
 def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: Path, tmp_path: Path):
     # A load balancer must not send traffic to a server that cannot serve what it was told to.
-    server = ServerProcess(with_absent_model(tiny_models_toml, tmp_path), "--preload", "default,absent")
+    server = ServerProcess(
+        with_absent_model(tiny_models_toml, tmp_path), "--preload", "default,absent", log_dir=tmp_path
+    )
     try:
         wait_until_ok(f"{server.root}/health", timeout_s=120)
         deadline = time.monotonic() + 120
@@ -97,14 +99,14 @@ def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: P
         server.stop()
 
 
-def test_a_failed_device_answers_503_and_ends_the_server_for_its_supervisor(tiny_models_toml: Path):
+def test_a_failed_device_answers_503_and_ends_the_server_for_its_supervisor(tiny_models_toml: Path, tmp_path: Path):
     """After a sticky CUDA error (injected: a fake illegal memory access raised inside the real pipeline call)
     nothing can run on the device again in this process: the request gets a 503 naming the failure, and the
     server exits with status 3 so that systemd, Docker or Kubernetes starts a fresh one."""
     from localimg.server import DEVICE_FAILED_EXIT_STATUS
     from localimg.testing.faults import DEVICE_FAILURE_PROMPT
 
-    server = ServerProcess(tiny_models_toml, "--preload", "tiny-flux", "--inject-device-failure")
+    server = ServerProcess(tiny_models_toml, "--preload", "tiny-flux", "--inject-device-failure", log_dir=tmp_path)
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0, timeout=60)
