@@ -1,7 +1,8 @@
-"""Device detection and the dtype policy: which device a model runs on, and in which precision.
+"""Device detection, the dtype policy and what a device's errors mean: which device a model runs on, in which
+precision, and whether a failed call ran out of memory (a smaller one can succeed) or lost the device for good.
 
-The policy functions (`choose_dtype`, `vae_dtype`) are pure so they can be tested without a GPU; only
-`resolve_device`, `cuda_capability`, `torch_device`, `torch_dtype` and `release_memory` touch torch.
+The policy functions (`choose_dtype`, `vae_dtype`) and `is_device_failure` are pure so they can be tested without
+a GPU; the others touch torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from localimg.backends.base import DeviceInfo
-from localimg.errors import ModelUnavailableError
+from localimg.errors import DeviceFailedError, ModelUnavailableError
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +59,7 @@ def is_device_failure(exc: BaseException) -> bool:
     )
 
 
-def lost_device_error(device: ResolvedDevice, exc: BaseException) -> BaseException | None:
+def lost_device_error(device: DeviceInfo, exc: BaseException) -> BaseException | None:
     """The sticky CUDA error behind `exc` when the device is lost, else None: `exc` itself when it says so;
     otherwise, for a CUDA device, what a synchronize raises, since a library may report a failed kernel in its
     own words first (cuBLAS's CUBLAS_STATUS_EXECUTION_FAILED) and leave the sticky error to the next call."""
@@ -69,10 +70,32 @@ def lost_device_error(device: ResolvedDevice, exc: BaseException) -> BaseExcepti
     import torch
 
     try:
-        torch.cuda.synchronize(device.torch_name)
+        torch.cuda.synchronize(str(torch_device(device)))
     except RuntimeError as probe:
         return probe if is_device_failure(probe) else None
     return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the device's memory ran out (not sticky: a smaller call can succeed)."""
+    import torch
+
+    # CUDA raises a dedicated type; MPS raises a plain RuntimeError with this wording.
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def device_failure(device: DeviceInfo, exc: BaseException) -> DeviceFailedError | None:
+    """The error to raise (chained to `exc`) when `exc` shows that `device` is lost to this process, else None."""
+    lost = lost_device_error(device, exc)
+    if lost is None:
+        return None
+    cause = str(lost).strip().splitlines()[0]
+    return DeviceFailedError(
+        f"The server's device ({device.name}) failed ({cause}) and cannot generate until the server is restarted. "
+        "Please retry."
+    )
 
 
 class DeviceUnavailableError(ModelUnavailableError):

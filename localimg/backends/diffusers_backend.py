@@ -14,7 +14,8 @@ from localimg.backends.base import StepProgress
 from localimg.backends.device import (
     choose_dtype,
     cuda_capability,
-    lost_device_error,
+    device_failure,
+    is_out_of_memory,
     release_memory,
     torch_device,
     torch_dtype,
@@ -75,11 +76,11 @@ class DiffusersBackend:
         except ModelUnavailableError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - a compile, fp8 or warm-up failure: the model cannot be served
-            lost = lost_device_error(self.device, exc)
+            lost = device_failure(self.device, exc)
             if lost is not None:
-                raise self._device_failed(lost) from exc
+                raise lost from exc
             logger.error("model %s failed while being prepared", self.spec.name, exc_info=exc)
-            out_of_memory = _is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY
+            out_of_memory = is_out_of_memory(exc) or getattr(exc, "code", None) == OUT_OF_MEMORY
             failure = ModelUnavailableError(
                 f"model {self.spec.name!r} failed while being prepared on {self.device.name}: "
                 f"{type(exc).__name__}: {exc}",
@@ -137,10 +138,10 @@ class DiffusersBackend:
             try:
                 images.extend(self._call(pipe, items[start : start + chunk], start, on_step))
             except Exception as exc:
-                lost = lost_device_error(self.device, exc)
+                lost = device_failure(self.device, exc)
                 if lost is not None:
-                    raise self._device_failed(lost) from exc
-                if not _is_out_of_memory(exc):
+                    raise lost from exc
+                if not is_out_of_memory(exc):
                     raise
                 detail = str(exc)
             else:
@@ -164,13 +165,6 @@ class DiffusersBackend:
                     code=OUT_OF_MEMORY,
                 )
         return images
-
-    def _device_failed(self, exc: BaseException) -> DeviceFailedError:
-        cause = str(exc).strip().splitlines()[0]
-        return DeviceFailedError(
-            f"The server's device ({self.device.name}) failed ({cause}) and cannot generate until the server is "
-            "restarted. Please retry."
-        )
 
     def count_tokens(self, text: str) -> int:
         """Prompt length in the family's primary tokenizer, special tokens excluded, never truncated."""
@@ -274,10 +268,3 @@ def pipeline_bytes(pipe: DiffusionPipeline) -> int:
     modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
     tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    # CUDA raises a dedicated type; MPS raises a plain RuntimeError with this wording.
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )

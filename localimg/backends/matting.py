@@ -20,7 +20,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 
 from localimg.backends.base import DeviceInfo
-from localimg.errors import ModelUnavailableError
+from localimg.backends.device import device_failure, is_out_of_memory, torch_device
+from localimg.errors import OUT_OF_MEMORY, GenerationError, ModelUnavailableError
 from localimg.imaging.alpha import KeyColourMatting, Matting
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ _STD = (0.229, 0.224, 0.225)
 class LearnedMatting:
     """Alpha from a learned segmentation model: sigmoid of its logit map, resized to the image."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, input_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, device: DeviceInfo, input_size: int) -> None:
         self.model = model
         self.device = device
         self.input_size = input_size
@@ -46,8 +47,6 @@ class LearnedMatting:
     def load(cls, spec: MattingSpec, device: DeviceInfo) -> LearnedMatting:
         """Load the model onto `device`; raises ModelUnavailableError saying what is wrong."""
         from transformers import AutoModelForImageSegmentation
-
-        from localimg.backends.device import torch_device
 
         folder = locate_matting_weights(spec)
         if _ships_code(folder) and not spec.trust_remote_code:
@@ -62,33 +61,50 @@ class LearnedMatting:
             model = AutoModelForImageSegmentation.from_pretrained(
                 str(folder), trust_remote_code=spec.trust_remote_code, local_files_only=True, use_safetensors=True
             )
-            target = torch_device(device)
-            model = model.to(target).eval()
+            model = model.to(torch_device(device)).eval()
         except Exception as exc:  # any failure means the model cannot be used; keep the cause chained
             raise ModelUnavailableError(
                 f"matting model at {folder}: loading failed: {type(exc).__name__}: {exc}",
                 code="model_load_failed",
             ) from exc
-        return cls(model, target, spec.input_size)
+        return cls(model, device, spec.input_size)
 
     def matte(self, image: Image.Image) -> Image.Image:
+        """`image` with the model's alpha. Raises DeviceFailedError when the device is lost (the engine then
+        fails too), GenerationError when the device's memory ran out."""
+        rgb = image.convert("RGB")
+        alpha = None
+        try:
+            alpha = self._alpha(rgb)
+        except Exception as exc:
+            failure = device_failure(self.device, exc)
+            if failure is not None:
+                raise failure from exc
+            if not is_out_of_memory(exc):
+                raise
+        if alpha is None:  # raised out of the except block: its traceback would pin the failed call's tensors
+            raise GenerationError(
+                f"out of memory matting a {rgb.width}x{rgb.height} image on {self.device.name}; try a smaller size",
+                code=OUT_OF_MEMORY,
+            )
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(Image.fromarray(alpha))
+        return rgba
+
+    def _alpha(self, rgb: Image.Image) -> np.ndarray:
         import torch
 
-        rgb = image.convert("RGB")
         side = self.input_size
         pixels = np.asarray(rgb.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         pixels = (pixels - np.asarray(_MEAN, dtype=np.float32)) / np.asarray(_STD, dtype=np.float32)
-        dtype = next(self.model.parameters()).dtype
-        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, dtype)
+        parameter = next(self.model.parameters())
+        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(parameter.device, parameter.dtype)
         with torch.inference_mode():
             logits = _logit_map(self.model(batch)).float()
             probability = torch.nn.functional.interpolate(
                 logits.sigmoid(), size=(rgb.height, rgb.width), mode="bilinear", align_corners=False
             )[0, 0]
-        alpha = (probability.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        rgba = rgb.convert("RGBA")
-        rgba.putalpha(Image.fromarray(alpha))
-        return rgba
+        return (probability.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def load_matting(spec: MattingSpec | None, device: DeviceInfo) -> Matting:
@@ -105,7 +121,7 @@ def load_matting(spec: MattingSpec | None, device: DeviceInfo) -> Matting:
         logger.warning("matting: built-in key-colour matting; the declared [matting] model is unusable: %s", exc)
         return KeyColourMatting()
     matting = LearnedMatting.load(spec, device)
-    logger.info("matting: learned model on %s", matting.device)
+    logger.info("matting: learned model on %s", matting.device.name)
     return matting
 
 

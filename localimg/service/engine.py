@@ -9,8 +9,8 @@ scheduler.py for the batch key and fairness), and keeps the resident models with
 
 Every admitted job ends in a result or an error its waiter receives: a failed batch fails each job in it, a
 timed-out job gets RequestTimeoutError, and shutdown fails whatever is left with OverloadedError. A device that
-fails for good (DeviceFailedError) fails the queued jobs too and every later one, and is reported by
-`device_failure` so that the process gets restarted.
+fails for good (DeviceFailedError, found by a batch or reported with `report_device_failure`) fails the queued
+jobs too and every later one, and is reported by `device_failure` so that the process gets restarted.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Engine:
         self._control: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._running: list[Job] = []
         self._closed = False
-        self._device_failure: DeviceFailedError | None = None  # written once, by the worker
+        self._device_failure: DeviceFailedError | None = None  # written once, under _cond
         self._worker = threading.Thread(target=self._work, name="localimg-worker", daemon=True)
         self._worker.start()
 
@@ -260,7 +260,7 @@ class Engine:
                     future.set_result(work())
                 except BaseException as exc:  # noqa: BLE001 - delivered to the waiter
                     if isinstance(exc, DeviceFailedError):
-                        self._device_failed(exc)
+                        self.report_device_failure(exc)
                     future.set_exception(exc)
                 continue
             if batch:
@@ -339,21 +339,24 @@ class Engine:
         if code == OUT_OF_MEMORY:
             self.metrics.oom.labels(model).inc()
         if isinstance(exc, DeviceFailedError):  # first: a waiter woken by the error finds the engine failed
-            self._device_failed(exc)
+            self.report_device_failure(exc)
         for job in batch:
             if job.settle(error=exc):
                 self.metrics.errors.labels(model, code).inc()
 
-    def _device_failed(self, failure: DeviceFailedError) -> None:
-        """The device is lost to this process: refuse every new job, and fail the queued ones now with the same
-        503 (each would fail the same way) rather than after a wait."""
-        if self._device_failure is None:
-            log.critical("device failed; no job can run until the server restarts", exc_info=failure.__cause__)
-            self._device_failure = failure
-        self._accepting = False
+    def report_device_failure(self, failure: DeviceFailedError) -> None:
+        """The device is lost to this process (found by the worker, or by other work on the device such as the
+        learned matting): refuse every new job, and fail the queued ones now with the same 503 (each would fail
+        the same way) rather than after a wait. Any thread may call it."""
         with self._cond:
+            first = self._device_failure is None
+            if first:
+                self._device_failure = failure
+            self._accepting = False
             jobs = self._queue.drain()
             self.metrics.waiting.set(0)
+        if first:
+            log.critical("device failed; no job can run until the server restarts", exc_info=failure.__cause__)
         for job in jobs:
             if job.settle(error=failure):
                 self.metrics.errors.labels(job.plan.model, failure.code or "device_failed").inc()

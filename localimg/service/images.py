@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from localimg.errors import DeviceFailedError
 from localimg.imaging.alpha import KeyColourMatting
 from localimg.imaging.encoding import MIME_TYPES, encode_image
 from localimg.imaging.inputs import InputLimits, decode_image
@@ -131,7 +132,11 @@ class ImageService:
     def finish(self, job: ImageJob, image: Image.Image) -> Image.Image:
         if job.keep is not None:
             image = keep_outside(job.keep.original, image, job.keep.region)
-        return self.transparency.finish(job, image)
+        try:
+            return self.transparency.finish(job, image)
+        except DeviceFailedError as failure:  # a learned matting found the device lost: so is the engine's
+            self.engine.report_device_failure(failure)
+            raise
 
     def plan_generation(self, request: ImageGenerateRequest) -> ImageJob:
         """Resolve a generations request (raises InvalidRequestError), e.g. before a stream starts."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from localimg.backends.base import DeviceInfo
 from localimg.backends.matting import LearnedMatting, load_matting
-from localimg.errors import ModelUnavailableError
+from localimg.errors import OUT_OF_MEMORY, DeviceFailedError, GenerationError, ModelUnavailableError
 from localimg.imaging.alpha import KeyColourMatting
 from localimg.registry import MattingSpec, ModelSource
 
@@ -121,3 +121,43 @@ def test_repo_not_in_cache_falls_back(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="localimg.backends.matting"):
         assert isinstance(load_matting(spec, CPU), KeyColourMatting)
     assert "hf download briaai/RMBG-2.0" in caplog.text
+
+
+class _FailingSegmenter(torch.nn.Module):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+CUDA_ERROR = getattr(torch, "AcceleratorError", RuntimeError)  # what torch >= 2.8 raises for a CUDA error
+
+
+def test_a_lost_device_while_matting_is_a_failed_device():
+    """The matting runs on the generation device: a sticky CUDA error there is the 503 `device_failed` that the
+    engine gives, not an anonymous 500."""
+    lost = CUDA_ERROR("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA ...")
+    matting = LearnedMatting(_FailingSegmenter(lost), DeviceInfo(kind="cuda", name="Fake GPU"), input_size=8)
+    with pytest.raises(DeviceFailedError) as info:
+        matting.matte(red_square_on_green())
+    assert info.value.status == 503 and info.value.code == "device_failed"
+    assert "Fake GPU" in info.value.message and "illegal memory access" in info.value.message
+    assert info.value.__cause__ is lost
+
+
+def test_running_out_of_memory_while_matting_says_so():
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    matting = LearnedMatting(_FailingSegmenter(oom), CPU, input_size=8)
+    with pytest.raises(GenerationError) as info:
+        matting.matte(red_square_on_green())
+    assert info.value.code == OUT_OF_MEMORY and "96x64" in info.value.message
+
+
+def test_any_other_matting_error_is_raised_as_it_is():
+    bug = ValueError("a model bug")
+    with pytest.raises(ValueError) as info:
+        LearnedMatting(_FailingSegmenter(bug), CPU, input_size=8).matte(red_square_on_green())
+    assert info.value is bug

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from localimg.api.app import create_app, preload_and_warm_up
 from localimg.config import Settings
@@ -17,6 +18,7 @@ from localimg.registry import Registry
 from localimg.service.engine import Engine, EngineConfig
 from localimg.service.image_store import ImageStore
 from localimg.service.images import ImageService
+from localimg.service.transparency import TransparencyStage
 from tests.service.standin import StandInBackend, plan
 
 
@@ -126,6 +128,49 @@ def test_health_and_ready_turn_503_once_the_device_has_failed():
                 answer = await client.get(path)
                 assert answer.status_code == 503
                 assert answer.json() == {"status": "device_failed", "error": message}
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        engine.close()
+
+
+class _LostDeviceMatting:
+    """A learned matting that finds the device lost, as `LearnedMatting` reports a sticky CUDA error."""
+
+    def __init__(self, failure: DeviceFailedError) -> None:
+        self.failure = failure
+
+    def matte(self, image: Image.Image) -> Image.Image:
+        raise self.failure
+
+
+def test_a_device_lost_while_matting_fails_the_engine_too():
+    """The learned matting runs on the device outside the engine's worker: when it finds the device lost, the
+    request gets the engine's 503 and the server reports the failure (so it gets restarted) at once, not after
+    the next generation fails the same way."""
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
+    message = "The server's device (GPU 0) failed (CUDA error: an illegal memory access was encountered)"
+    matting = _LostDeviceMatting(DeviceFailedError(message))
+    service = ImageService(registry, engine, ImageStore(ttl_s=60), transparency=TransparencyStage(matting))
+    app = create_app(Settings(), service, preload=[])
+    app.state.ready = True
+    body = {"model": "m", "prompt": "a cat", "size": "1024x1024", "background": "transparent"}
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            opaque = await client.post("/v1/images/generations", json={**body, "background": "opaque"})
+            assert opaque.status_code == 200
+            answer = await client.post("/v1/images/generations", json=body)
+            assert answer.status_code == 503
+            assert answer.json()["error"]["code"] == "device_failed"
+            assert answer.json()["error"]["message"] == message
+            assert (await client.get("/health")).json() == {"status": "device_failed", "error": message}
+            refused = await client.post("/v1/images/generations", json={**body, "background": "opaque"})
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "device_failed"
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 20))
