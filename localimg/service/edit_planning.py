@@ -119,7 +119,7 @@ def plan_edit(
     original = _cover(first, size, crop)
     cutout = style == "gpt-image" and is_cutout(original)
     output = resolve_output(
-        request.output_format, request.output_compression, request.background, request.prompt, cutout=cutout
+        request.output_format, request.output_compression, request.background, style, request.prompt, cutout=cutout
     )
     strength = request.strength or STRENGTH[(request.input_fidelity or "low", region_at_size is not None)]
     flat = flatten(original)
@@ -178,7 +178,7 @@ def plan_variation(
         plan=plan,
         size=size,
         quality=quality,
-        output=resolve_output(None, None, "opaque"),
+        output=resolve_output(None, None, "opaque", "dall-e-2"),
         response_format=resolve_response_format(request.response_format, "dall-e-2"),
         safety_identifier=request.user or None,
         input_image_tokens=image_tokens(ImageSize(*image.image.size)),

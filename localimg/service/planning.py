@@ -108,7 +108,9 @@ def plan_generation(request: ImageGenerateRequest, registry: Registry, random_se
     )  # fmt: skip
     size = resolve_size(request.size, style, spec)
     quality = resolve_quality(request.quality, style, spec)
-    output = resolve_output(request.output_format, request.output_compression, request.background, request.prompt)
+    output = resolve_output(
+        request.output_format, request.output_compression, request.background, style, request.prompt
+    )
     plan = build_plan(request, spec, size, quality, n, stream, random_seed)
     return ImageJob(
         spec=spec,
@@ -304,13 +306,17 @@ def resolve_output(
     output_format: OutputFormat | None,
     compression: int | None,
     background: str | None,
+    style: ApiStyle,
     prompt: str = "",
     *,
     cutout: bool = False,
 ) -> OutputOptions:
     """Format, compression and background. `background="auto"` is transparent when the format can carry alpha
     and the prompt asks for it (imaging.alpha.asks_for_transparency) or the edited image is a cut-out (`cutout`:
-    it has fully transparent pixels, and an edited logo or sticker stays one); otherwise opaque."""
+    it has fully transparent pixels, and an edited logo or sticker stays one); otherwise opaque. An omitted
+    `background` is OpenAI's default: `auto` for gpt-image models, opaque for DALL·E ones (which have no such
+    setting)."""
+    background = background or ("auto" if style == "gpt-image" else "opaque")
     fmt: OutputFormat = output_format or "png"
     if fmt == "png" and compression is not None and compression < 100:
         raise InvalidRequestError(

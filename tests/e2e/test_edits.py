@@ -112,7 +112,9 @@ def test_a_masked_edit_of_a_logo_with_an_opaque_output_keeps_what_the_model_saw(
     # Transparent pixels of a PNG hold a colour no viewer shows (black here, as most editors save them).
     logo = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
     ImageDraw.Draw(logo).ellipse((16, 16, 240, 240), fill=(30, 90, 200, 255))  # around the mask's hole
-    result = client.images.edit(model="tiny-sd15", image=png_bytes(logo), mask=png_bytes(hole_mask()), prompt=PROMPT)
+    result = client.images.edit(
+        model="tiny-sd15", image=png_bytes(logo), mask=png_bytes(hole_mask()), prompt=PROMPT, background="opaque"
+    )
     assert result.background == "opaque"
     edited = pixels(decode(result.data[0].b64_json, "png", (256, 256)))
     assert (edited[:12, :12] == 255).all(), "the logo's transparent corner came back in its hidden colour"
@@ -258,6 +260,20 @@ def test_background_auto_follows_the_prompt(client: OpenAI):
     )
     assert result.background == "transparent"
     assert decode(result.data[0].b64_json, "png").mode == "RGBA"
+
+
+def test_an_omitted_background_is_auto_as_openais_default(client: OpenAI):
+    """An app that asks for a sticker, or edits a cut-out, without saying `background` gets transparency back,
+    as from OpenAI; DALL·E names have no background setting and stay opaque."""
+    sticker = client.images.generate(model="tiny-sd15", prompt="a cat sticker", size="256x256")
+    assert sticker.background == "transparent" and decode(sticker.data[0].b64_json, "png").mode == "RGBA"
+    logo = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    ImageDraw.Draw(logo).ellipse((48, 48, 208, 208), fill=(30, 90, 200, 255))
+    edited = client.images.edit(model="tiny-sd15", image=png_bytes(logo), prompt=PROMPT)
+    # How much of the background comes back clear is the model's doing (an unmasked edit repaints it all).
+    assert edited.background == "transparent" and decode(edited.data[0].b64_json, "png", (256, 256)).mode == "RGBA"
+    dalle = client.images.generate(model="dall-e-3", prompt="a cat sticker", response_format="b64_json")
+    assert decode(dalle.data[0].b64_json, "png").mode == "RGB"
 
 
 def test_transparent_with_jpeg_is_rejected_on_edits(client: OpenAI):

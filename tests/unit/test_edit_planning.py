@@ -150,7 +150,7 @@ def test_kept_pixels_are_what_the_model_saw_unless_the_output_keeps_transparency
     # Transparent pixels of a PNG hold some colour (black here) that no viewer shows.
     logo = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
     logo.paste((200, 40, 40, 255), (128, 128, 384, 384))
-    opaque = edit(images=[InputImage("image", logo)], mask=transparent_mask())
+    opaque = edit(images=[InputImage("image", logo)], mask=transparent_mask(), background="opaque")
     assert opaque.keep.original.mode == "RGB" and opaque.keep.original.getpixel((500, 5)) == (255, 255, 255)
     assert opaque.keep.original.tobytes() == opaque.plan.edit.images[0].tobytes()
     transparent = edit(images=[InputImage("image", logo)], mask=transparent_mask(), background="transparent")
@@ -231,7 +231,8 @@ def test_a_cutout_stays_one_with_background_auto():
     assert job.cutout.mode == "RGBA" and job.cutout.size == (512, 512)
     assert job.plan.edit.mask is None  # GPT models edit the whole image
     assert edit(images=[cutout_logo()], background="auto", output_format="jpeg").output.background == "opaque"
-    assert edit(images=[cutout_logo()]).output.background == "opaque"  # not asked: the documented default
+    assert edit(images=[cutout_logo()]).output.background == "transparent"  # omitted is OpenAI's default, auto
+    assert edit(images=[cutout_logo()], background="opaque").output.background == "opaque"
     opaque_rgba = InputImage("image", Image.new("RGBA", (512, 512), (1, 2, 3, 255)))
     assert edit(images=[opaque_rgba], background="auto").output.background == "opaque"
     assert edit(images=[opaque_rgba], background="transparent").cutout is None

@@ -193,7 +193,9 @@ def test_transparent_background():
 def test_background_auto_follows_the_prompt():
     prompt = "a fox logo on a transparent background"
     assert plan(background="auto", prompt=prompt).output.background == "transparent"
-    assert plan(prompt=prompt).output.background == "opaque"  # omitted is opaque, as before
+    assert plan(prompt=prompt).output.background == "transparent"  # omitted is OpenAI's default, auto
+    assert plan(prompt="a fox logo").output.background == "opaque"
+    assert plan(model="dall-e-3", prompt=prompt, output_format=None).output.background == "opaque"  # no such setting
     assert plan(background="opaque", prompt=prompt).output.background == "opaque"
     assert plan(background="auto", prompt=prompt, output_format="jpeg").output.background == "opaque"
 
