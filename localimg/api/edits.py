@@ -57,17 +57,17 @@ async def create_image_variation(request: Request) -> ImagesResponse:
             "/images/variations takes multipart/form-data with an 'image' file.", code="invalid_content_type"
         )
     form = await _form(request, max_files=_MAX_FILE_PARTS)
-    fields, files = await _split(form, allowed_files={"image"}, request_model=ImageVariationRequest)
-    if "image" not in files:
+    # An SDK given a list sends `image[]` parts: one is the image, more get the count in the error.
+    fields, files = await _split(form, allowed_files={"image", "image[]"}, request_model=ImageVariationRequest)
+    images = files.get("image", []) + files.get("image[]", [])
+    if not images:
         raise _missing("image")
-    if len(files["image"]) > 1:
+    if len(images) > 1:
         raise InvalidRequestError(
-            f"Variations take exactly one 'image' file; got {len(files['image'])}.",
-            param="image",
-            code="too_many_images",
+            f"Variations take exactly one 'image' file; got {len(images)}.", param="image", code="too_many_images"
         )
     body = _validated(ImageVariationRequest, fields, strict=False)
-    variation = service_of(request).variation(body, files["image"][0], url_base=files_url(request))
+    variation = service_of(request).variation(body, images[0], url_base=files_url(request))
     return await cancel_on_disconnect(request, variation)
 
 

@@ -131,7 +131,7 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
         # A float field's bounds are floats (protocol.py), whatever text the client sent.
         number = "integer" if _is_integer(value) and not isinstance(bound, float) else "decimal"
         direction = "above maximum" if above else "below minimum"
-        relation = "<=" if above else ">="
+        relation = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}[kind]
         return InvalidRequestError(
             f"Invalid '{field}': {number} {direction} value. Expected a value {relation} {bound}, "
             f"but got {value} instead.",

@@ -394,6 +394,15 @@ def test_variations_take_one_image(server):
     assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("mask", "unknown_parameter")
 
 
+def test_variations_of_an_image_given_as_a_list(client: OpenAI):
+    """The SDK sends a list as `image[]` parts: one is the image; more are refused with their count."""
+    result = client.images.create_variation(image=[png_bytes(picture())], size="256x256", response_format="b64_json")
+    assert decode(result.data[0].b64_json, "png", (256, 256))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.create_variation(image=[png_bytes(picture()), png_bytes(picture())], size="256x256")
+    assert info.value.code == "too_many_images" and "got 2" in info.value.message
+
+
 def test_too_many_images(server):
     files = [("image[]", (f"{i}.png", png_bytes(picture(64, 64)), "image/png")) for i in range(17)]
     response = httpx.post(f"{server.root}/v1/images/edits", data={"prompt": PROMPT}, files=files, timeout=60)

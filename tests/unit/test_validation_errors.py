@@ -111,3 +111,9 @@ def test_null_means_not_given():
 def test_a_float_field_sent_as_text_keeps_its_decimal_code():
     error = {"type": "less_than_equal", "loc": ("body", "strength"), "input": "2", "ctx": {"le": 1.0}, "msg": "b"}
     assert openai_validation_error([error]).code == "decimal_above_max_value"
+
+
+def test_an_exclusive_bound_is_named_as_one():
+    error = {"type": "greater_than", "loc": ("body", "strength"), "input": 0, "ctx": {"gt": 0.0}, "msg": "b"}
+    err = openai_validation_error([error])
+    assert err.code == "decimal_below_min_value" and "Expected a value > 0.0, but got 0 instead." in err.message
