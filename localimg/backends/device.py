@@ -86,6 +86,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def raise_unless_out_of_memory(device: DeviceInfo, exc: Exception) -> None:
+    """For a failed call on `device`: return when `exc` says its memory ran out (the caller handles that, out of
+    its except block so that the traceback frees the call's tensors); otherwise raise what `exc` means, a
+    DeviceFailedError when the device is lost, else `exc` itself."""
+    failure = device_failure(device, exc)
+    if failure is not None:
+        raise failure from exc
+    if not is_out_of_memory(exc):
+        raise exc
+
+
 def device_failure(device: DeviceInfo, exc: BaseException) -> DeviceFailedError | None:
     """The error to raise (chained to `exc`) when `exc` shows that `device` is lost to this process, else None."""
     lost = lost_device_error(device, exc)

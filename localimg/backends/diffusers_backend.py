@@ -16,6 +16,7 @@ from localimg.backends.device import (
     cuda_capability,
     device_failure,
     is_out_of_memory,
+    raise_unless_out_of_memory,
     release_memory,
     torch_device,
     torch_dtype,
@@ -138,11 +139,7 @@ class DiffusersBackend:
             try:
                 images.extend(self._call(pipe, items[start : start + chunk], start, on_step))
             except Exception as exc:
-                lost = device_failure(self.device, exc)
-                if lost is not None:
-                    raise lost from exc
-                if not is_out_of_memory(exc):
-                    raise
+                raise_unless_out_of_memory(self.device, exc)
                 detail = str(exc)
             else:
                 continue

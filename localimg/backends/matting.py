@@ -20,7 +20,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 
 from localimg.backends.base import DeviceInfo
-from localimg.backends.device import device_failure, is_out_of_memory, torch_device
+from localimg.backends.device import raise_unless_out_of_memory, torch_device
 from localimg.errors import OUT_OF_MEMORY, GenerationError, ModelUnavailableError
 from localimg.imaging.alpha import KeyColourMatting, Matting
 
@@ -77,11 +77,7 @@ class LearnedMatting:
         try:
             alpha = self._alpha(rgb)
         except Exception as exc:
-            failure = device_failure(self.device, exc)
-            if failure is not None:
-                raise failure from exc
-            if not is_out_of_memory(exc):
-                raise
+            raise_unless_out_of_memory(self.device, exc)
         if alpha is None:  # raised out of the except block: its traceback would pin the failed call's tensors
             raise GenerationError(
                 f"out of memory matting a {rgb.width}x{rgb.height} image on {self.device.name}; try a smaller size",
