@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +37,17 @@ _STD = (0.229, 0.224, 0.225)
 
 
 class LearnedMatting:
-    """Alpha from a learned segmentation model: sigmoid of its logit map, resized to the image."""
+    """Alpha from a learned segmentation model: sigmoid of its logit map, resized to the image.
+
+    Finished requests are matted on their own threads, beside the engine's generation on the same device: one image
+    at a time, so the matting's activations take one image's worth of device memory however many transparent
+    requests finish together (and the module is never entered from two threads at once)."""
 
     def __init__(self, model: torch.nn.Module, device: DeviceInfo, input_size: int) -> None:
         self.model = model
         self.device = device
         self.input_size = input_size
+        self._one_at_a_time = threading.Lock()
 
     @classmethod
     def load(cls, spec: MattingSpec, device: DeviceInfo) -> LearnedMatting:
@@ -75,7 +81,8 @@ class LearnedMatting:
         rgb = image.convert("RGB")
         alpha = None
         try:
-            alpha = self._alpha(rgb)
+            with self._one_at_a_time:
+                alpha = self._alpha(rgb)
         except Exception as exc:
             raise_unless_out_of_memory(self.device, exc)
         if alpha is None:  # raised out of the except block: its traceback would pin the failed call's tensors

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,34 @@ def test_any_other_matting_error_is_raised_as_it_is():
     with pytest.raises(ValueError) as info:
         LearnedMatting(_FailingSegmenter(bug), CPU, input_size=8).matte(red_square_on_green())
     assert info.value is bug
+
+
+class _CountingSegmenter(torch.nn.Module):
+    """Records how many threads are inside its forward at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.inside = 0
+        self.most_inside = 0
+        self._count = threading.Lock()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        time.sleep(0.05)  # a forward pass long enough for the other threads to arrive
+        with self._count:
+            self.inside -= 1
+        return torch.zeros(pixel_values.shape[0], 1, 8, 8)
+
+
+def test_requests_finishing_together_are_matted_one_at_a_time():
+    """Each finished request mattes on its own thread; on the device they take turns, so the matting's memory is
+    one image's however many transparent requests finish at once."""
+    segmenter = _CountingSegmenter()
+    matting = LearnedMatting(segmenter, CPU, input_size=8)
+    with ThreadPoolExecutor(4) as pool:
+        matted = list(pool.map(lambda _: matting.matte(red_square_on_green()), range(4)))
+    assert segmenter.most_inside == 1
+    assert [image.mode for image in matted] == ["RGBA"] * 4
