@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from localimg.config import Settings
+
+if TYPE_CHECKING:
+    from localimg.registry import MattingSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -182,36 +185,61 @@ def _switch(flag: str, value: object) -> bool:
 
 @app.command("models")
 def list_models(config: ConfigOption = Path("models.toml")) -> None:
-    """List the models the config declares, and whether each one's weights are present (and if not, why).
-    Exits 1 when the default model's weights are missing: the server could not serve it."""
+    """List the models the config declares, and whether each one's weights are present and usable (and if not,
+    why). Exits 1 when the server could not serve its default model, or would not start (an unusable [matting])."""
     from localimg.backends.loading import weights_problem
     from localimg.registry import Registry
 
     with _config_errors():
         registry = Registry.load(config)
-    default_missing = False
+    cannot_serve = False
     for spec in registry:
         default = " (default)" if spec.name == registry.default_model else ""
         problem = weights_problem(spec)
-        status = "present" if problem is None else "MISSING"
+        status = "present" if problem is None else _WEIGHTS_STATUS.get(problem.code or "", "UNUSABLE")
         typer.echo(f"{spec.name}{default}  family={spec.family}  weights={status}  source: {spec.source.describe()}")
         if spec.aliases:
             typer.echo(f"    aliases: {', '.join(spec.aliases)}")
         if problem is not None:
-            typer.echo(f"    why: {problem}")
-            default_missing |= bool(default)
+            typer.echo(f"    why: {problem.message}")
+            cannot_serve |= bool(default)
     if registry.matting is not None:
-        from localimg.backends.matting import locate_matting_weights
-        from localimg.errors import ModelUnavailableError
-
-        try:
-            locate_matting_weights(registry.matting)
-            typer.echo(f"[matting]  weights=present  source: {registry.matting.source.describe()}")
-        except ModelUnavailableError as exc:
-            typer.echo(f"[matting]  weights=MISSING  source: {registry.matting.source.describe()}")
-            typer.echo(f"    why: {exc.message} The built-in key-colour matting is used instead.")
-    if default_missing:
+        cannot_serve |= _list_matting(registry.matting)
+    if cannot_serve:
         raise typer.Exit(1)
+
+
+# What `localimg models` says of weights that cannot be served, by the error's code; the `why:` line says more.
+_WEIGHTS_STATUS = {
+    "model_weights_missing": "MISSING",
+    "model_weights_pickled": "REFUSED",
+    "model_weights_unsupported": "REFUSED",
+    "matting_needs_remote_code": "REFUSED",
+    "model_kind_mismatch": "MISMATCH",
+    "model_limits_mismatch": "MISMATCH",
+}
+
+
+def _list_matting(spec: MattingSpec) -> bool:
+    """Print the [matting] line; True when `serve` would refuse to start on it (present but unusable)."""
+    from localimg.backends.matting import check_matting_config, locate_matting_weights
+    from localimg.errors import ModelUnavailableError
+
+    source = spec.source.describe()
+    try:
+        folder = locate_matting_weights(spec)
+    except ModelUnavailableError as exc:
+        typer.echo(f"[matting]  weights=MISSING  source: {source}")
+        typer.echo(f"    why: {exc.message} The built-in key-colour matting is used instead.")
+        return False
+    try:
+        check_matting_config(spec, folder)
+    except ModelUnavailableError as exc:
+        typer.echo(f"[matting]  weights={_WEIGHTS_STATUS.get(exc.code or '', 'UNUSABLE')}  source: {source}")
+        typer.echo(f"    why: {exc.message} `localimg serve` does not start with it.")
+        return True
+    typer.echo(f"[matting]  weights=present  source: {source}")
+    return False
 
 
 @contextmanager

@@ -71,7 +71,7 @@ def build_app(
     for spec in registry:  # file checks only: say now what a request would find out later
         problem = weights_problem(spec)
         if problem is not None:
-            log.warning("model %s cannot be served until its weights are in place: %s", spec.name, problem)
+            log.warning("model %s cannot be served: %s", spec.name, problem.message)
     backends = {spec.name: DiffusersBackend(spec, device) for spec in registry}
     if settings.inject_oom or settings.inject_device_failure:
         from localimg.testing.faults import OomBudget, inject_faults

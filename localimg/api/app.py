@@ -81,6 +81,8 @@ async def preload_and_warm_up(app: FastAPI, service: ImageService, names: list[s
     """Load (and warm up) the preloaded models, then end the loading state whatever happened: a failed load is
     reported by /ready itself, and anything unexpected here must not leave /ready at "loading" forever."""
     app.state.preloaded = names
+    if app.state.settings.warmup_sizes and not names:
+        log.warning("--warmup has no effect: it warms up the preloaded models, and --preload names none")
     try:
         await service.engine.preload(names)
         sizes = app.state.settings.warmup_sizes
@@ -89,7 +91,13 @@ async def preload_and_warm_up(app: FastAPI, service: ImageService, names: list[s
     except Exception:
         log.exception("preloading failed")
     else:
-        log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
+        failed = [name for name in names if service.engine.load_error(name) is not None]
+        if failed:
+            log.warning(
+                "started, but not ready: %s could not be loaded (see above); /ready answers 503", ", ".join(failed)
+            )
+        else:
+            log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
     app.state.ready = True
 
 

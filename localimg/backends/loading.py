@@ -49,6 +49,12 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     source = spec.source
     if source.path is not None:
         folder = source.path
+        if folder.is_file():
+            raise ModelUnavailableError(
+                f"model {spec.name!r}: source.path {folder} is a file; point it at the diffusers folder that holds "
+                "model_index.json (a single .safetensors checkpoint takes source = { file = ..., config = ... }).",
+                code="model_weights_missing",
+            )
         if not (folder / "model_index.json").is_file():
             what = "does not exist" if not folder.exists() else "is not a diffusers folder (no model_index.json)"
             raise ModelUnavailableError(
@@ -100,13 +106,14 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     return LocatedWeights(config, file)
 
 
-def weights_problem(spec: ModelSpec) -> str | None:
-    """Why the model's files cannot be loaded (missing, or refused by its pickle policy), or None when they are
-    in place. File checks only: a file that is present but corrupt shows only when it loads."""
+def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
+    """Why the model's files cannot be loaded (missing, refused by its pickle policy, or another kind of model than
+    models.toml declares), or None when they are in place. File checks only: a file that is present but corrupt
+    shows only when it loads."""
     try:
         locate_weights(spec)
     except ModelUnavailableError as exc:
-        return exc.message
+        return exc
     return None
 
 

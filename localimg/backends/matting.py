@@ -55,13 +55,7 @@ class LearnedMatting:
         from transformers import AutoModelForImageSegmentation
 
         folder = locate_matting_weights(spec)
-        if _ships_code(folder) and not spec.trust_remote_code:
-            raise ModelUnavailableError(
-                f"matting model at {folder} ships its own Python code (config.json auto_map), which transformers "
-                "runs on load; set `trust_remote_code = true` in the [matting] table of models.toml if you trust "
-                "these files, or remove the [matting] table to use the built-in key-colour matting.",
-                code="matting_needs_remote_code",
-            )
+        check_matting_config(spec, folder)
         logger.info("loading matting model from %s (trust_remote_code=%s)", folder, spec.trust_remote_code)
         try:
             model = AutoModelForImageSegmentation.from_pretrained(
@@ -70,7 +64,7 @@ class LearnedMatting:
             model = model.to(torch_device(device)).eval()
         except Exception as exc:  # any failure means the model cannot be used; keep the cause chained
             raise ModelUnavailableError(
-                f"matting model at {folder}: loading failed: {type(exc).__name__}: {exc}",
+                f"[matting] model at {folder}: loading failed: {type(exc).__name__}: {exc}",
                 code="model_load_failed",
             ) from exc
         return cls(model, device, spec.input_size)
@@ -139,28 +133,44 @@ def locate_matting_weights(spec: MattingSpec) -> Path:
             folder = Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
         except LocalEntryNotFoundError as exc:
             raise ModelUnavailableError(
-                f"matting model {source.repo}@{source.revision} is not in the Hugging Face cache; on a connected "
+                f"[matting] model {source.repo}@{source.revision} is not in the Hugging Face cache; on a connected "
                 f"machine run `hf download {source.repo} --revision {source.revision}` and copy the cache here, "
                 "or point [matting] source.path at a local folder.",
                 code="model_weights_missing",
             ) from exc
     if not (folder / "config.json").is_file():
         what = "does not exist" if not folder.exists() else "has no config.json"
-        raise ModelUnavailableError(f"matting model folder {folder} {what}.", code="model_weights_missing")
+        raise ModelUnavailableError(f"[matting] model folder {folder} {what}.", code="model_weights_missing")
     if not any(folder.glob("*.safetensors")):
         raise ModelUnavailableError(
-            f"matting model folder {folder} has no .safetensors weights (pickled weights are not loaded).",
+            f"[matting] model folder {folder} has no .safetensors weights (pickled weights are not loaded).",
             code="model_weights_missing",
         )
     return folder
 
 
-def _ships_code(folder: Path) -> bool:
+def check_matting_config(spec: MattingSpec, folder: Path) -> None:
+    """What `config.json` says without loading anything (so `localimg models` can tell too): that the folder is a
+    transformers model, and whether it runs code of its own. Raises ModelUnavailableError saying what to change."""
     try:
-        config: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False  # from_pretrained reports the broken config with a better message
-    return bool(config.get("auto_map"))
+        config: Any = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"[matting] model at {folder}: config.json is not readable JSON ({exc})", code="model_load_failed"
+        ) from exc
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("auto_map")):
+        raise ModelUnavailableError(
+            f"[matting] model at {folder}: config.json names neither a model_type nor an auto_map, so it is not a "
+            "transformers model; point [matting] source at a background-removal model such as BiRefNet or RMBG-2.0.",
+            code="model_kind_mismatch",
+        )
+    if config.get("auto_map") and not spec.trust_remote_code:
+        raise ModelUnavailableError(
+            f"[matting] model at {folder} ships its own Python code (config.json auto_map), which transformers "
+            "runs on load; set `trust_remote_code = true` in the [matting] table of models.toml if you trust "
+            "these files, or remove the [matting] table to use the built-in key-colour matting.",
+            code="matting_needs_remote_code",
+        )
 
 
 def _logit_map(output: Any) -> torch.Tensor:

@@ -37,6 +37,7 @@ An optional top-level table declares the learned background-removal model for `b
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -173,16 +174,20 @@ class Registry:
     ) -> None:
         self._models = dict(models)
         self._aliases = {alias: spec.name for spec in models.values() for alias in spec.aliases}
-        self.default_model = default_model
+        self.default_model = self._aliases.get(default_model, default_model)  # the model's name, never an alias
         self.path = path
         self.matting = matting
 
     @classmethod
     def load(cls, path: Path) -> Registry:
         try:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (some Windows editors write one) is not TOML, and invisible in an editor.
+            text = path.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise RegistryError(f"{path}: cannot read the model registry ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise RegistryError(f"{path}: line {line} is not UTF-8 text; save the file as UTF-8") from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -199,13 +204,15 @@ class Registry:
         models = {name: _parse_model(name, table, base_dir, where) for name, table in tables.items()}
         _check_aliases(models, where)
         _check_references(models, where)
-        default_model = data.get("default_model", next(iter(models)))
-        if default_model not in models:
-            raise RegistryError(
-                f"{where}: default_model = {default_model!r} names no [models.*] table (declared: {', '.join(models)})"
-            )
+        default_model = typed_value(data, "default_model", str, next(iter(models)), where)
         matting = _parse_matting(data["matting"], base_dir, where) if "matting" in data else None
-        return cls(models, default_model, path, matting)
+        registry = cls(models, default_model, path, matting)
+        if registry.resolve(default_model) is None:
+            raise RegistryError(
+                f"{where}: default_model = {default_model!r} names no [models.*] table or alias "
+                f"(declared: {', '.join(registry.public_ids())})"
+            )
+        return registry
 
     def resolve(self, name: str) -> ModelSpec | None:
         """The model a request names (catalogue key or alias), or None."""
@@ -226,10 +233,14 @@ class Registry:
         return [*self._models, *self._aliases]
 
     def restricted_to(self, names: list[str]) -> Registry:
-        """A registry serving only `names` (the `--models` flag); aliases of dropped models go too."""
-        missing = [name for name in names if name not in self._models]
+        """A registry serving only `names` (the `--models` flag: model names or aliases); aliases of dropped
+        models go too."""
+        missing = [name for name in names if self.resolve(name) is None]
         if missing:
-            raise RegistryError(f"unknown model(s) {', '.join(missing)}; declared: {', '.join(self._models)}")
+            raise RegistryError(
+                f"--models: unknown model(s) {', '.join(missing)}; declared: {', '.join(self.public_ids())}"
+            )
+        names = list(dict.fromkeys(self._aliases.get(name, name) for name in names))
         kept = {name: self._models[name] for name in names}
         # A reference route to a model that is not served is dropped: such edits then get the usual 400.
         kept = {
@@ -243,7 +254,7 @@ class Registry:
 def _parse_model(name: str, table: Any, base_dir: Path, where: str) -> ModelSpec:
     ctx = f"{where}: [models.{name}]"
     if not _NAME.match(name):
-        raise RegistryError(f"{ctx}: model names may hold letters, digits, '.', '_', '-', ':' only")
+        raise RegistryError(f"{ctx}: model names may hold ASCII letters, digits, '.', '_', '-', ':' only")
     if not isinstance(table, dict):
         raise RegistryError(f"{ctx}: must be a table")
     allowed = {
@@ -369,7 +380,7 @@ def _parse_limits(value: Any, defaults: SizeLimits, ctx: str) -> SizeLimits:
             raise RegistryError(f"{ctx}: limits.{key} must be a positive integer")
     limits = replace(defaults, **value)
     if limits.min_side > limits.max_side:
-        raise RegistryError(f"{ctx}: limits.min_side > limits.max_side")
+        raise RegistryError(f"{ctx}: limits.min_side = {limits.min_side} > limits.max_side = {limits.max_side}")
     smallest_side = -(-limits.min_side // limits.multiple_of) * limits.multiple_of
     if smallest_side > limits.max_side or smallest_side**2 > limits.max_pixels:
         raise RegistryError(f"{ctx}: no image size meets these limits ({_describe(limits)})")
@@ -395,7 +406,7 @@ def _parse_quality(value: Any, defaults: Mapping[str, QualityPreset], ctx: str) 
         if level in value:
             # "high" with more steps unless it says otherwise; the steps are what make it a higher level.
             presets[level] = _parse_preset(value[level], presets["high"], f"{ctx}: quality.{level}", needs_steps=True)
-    auto = value.get("auto", "medium")
+    auto = typed_value(value, "auto", str, "medium", f"{ctx}: quality")
     if auto not in presets:
         raise RegistryError(f"{ctx}: quality.auto = {auto!r}; expected one of {', '.join(presets)}")
     return presets, auto
@@ -414,8 +425,8 @@ def _parse_preset(table: Any, default: QualityPreset, ctx: str, *, needs_steps: 
     max_seq = table.get("max_sequence_length", default.max_sequence_length)
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 500:
         raise RegistryError(f"{ctx}.steps must be an integer in 1..500")
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 0:
-        raise RegistryError(f"{ctx}.guidance must be a number >= 0")
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance < math.inf:
+        raise RegistryError(f"{ctx}.guidance must be a finite number >= 0, got {guidance!r}")
     if max_seq is not None and (not isinstance(max_seq, int) or isinstance(max_seq, bool) or not 1 <= max_seq <= 512):
         # 512 is T5's trained length in FLUX and SD3; the CLIP-only families do not use it.
         raise RegistryError(f"{ctx}.max_sequence_length must be an integer in 1..512")

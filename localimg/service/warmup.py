@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from localimg.backends.base import GenerationPlan
 from localimg.errors import LocalImgError
-from localimg.registry import ImageSize
+from localimg.registry import ImageSize, SizeLimits
 
 if TYPE_CHECKING:
     from localimg.registry import Registry
@@ -34,8 +34,9 @@ async def warm_up(engine: Engine, registry: Registry, models: list[str], sizes: 
             continue
         preset = spec.quality["low"]
         for size in parse_sizes(sizes):
-            if not spec.limits.admits(size):  # no client can ask this model for it
-                log.info("warm-up of %s skips %s: outside its limits", name, size)
+            refusal = _refusal(spec.limits, size)
+            if refusal is not None:  # no client can ask this model for it
+                log.warning("warm-up of %s skips %s: %s", name, size, refusal)
                 continue
             plan = GenerationPlan(
                 model=name, prompt="warm-up", width=size.width, height=size.height, steps=preset.steps,
@@ -51,3 +52,11 @@ async def warm_up(engine: Engine, registry: Registry, models: list[str], sizes: 
                 log.exception("warm-up of %s at %s failed", name, size)
                 continue
             log.info("warmed up %s at %s in %.1f s", name, size, time.perf_counter() - started)
+
+
+def _refusal(limits: SizeLimits, size: ImageSize) -> str | None:
+    if not limits.fits(size):
+        return f"outside its limits (sides {limits.min_side}-{limits.max_side}, at most {limits.max_pixels} pixels)"
+    if not limits.divides(size):
+        return f"its sides must be multiples of {limits.multiple_of}"
+    return None

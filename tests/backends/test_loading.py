@@ -105,6 +105,13 @@ def test_missing_folder(sd15: ModelSpec, tmp_path: Path):
     assert error.code == "model_weights_missing"
 
 
+def test_a_path_to_a_file_in_the_folder_points_at_the_folder(sd15: ModelSpec):
+    assert sd15.source.path is not None
+    index = sd15.source.path / "model_index.json"
+    error = unavailable(with_source(sd15, path=index), f"source.path {index} is a file", "holds model_index.json")
+    assert error.code == "model_weights_missing"
+
+
 def test_folder_without_model_index(sd15: ModelSpec, tmp_path: Path):
     unavailable(with_source(sd15, path=tmp_path), "no model_index.json")
 

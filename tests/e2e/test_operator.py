@@ -25,6 +25,7 @@ def test_models_command_lists_weights_status(tiny_models_toml: Path, tmp_path: P
     config.write_text(
         tiny_models_toml.read_text().replace('path = "tiny-', f'path = "{tiny_models_toml.parent}/tiny-')
         + '\n[models.absent]\nfamily = "sdxl"\nsource = { repo = "nobody/absent", revision = "main" }\n'
+        + f'\n[models.wrong]\nfamily = "sd15"\nsource = {{ path = "{tiny_models_toml.parent}/tiny-flux" }}\n'
     )
     result = localimg("models", "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -32,9 +33,27 @@ def test_models_command_lists_weights_status(tiny_models_toml: Path, tmp_path: P
     assert any(line.startswith("tiny-flux (default)") and "weights=present" in line for line in lines)
     at = next(i for i, line in enumerate(lines) if line.startswith("absent"))
     assert "weights=MISSING" in lines[at] and "nobody/absent@main is not (completely) in the" in lines[at + 1]
+    # Weights that are there but are another model than the table declares: the table is what to change.
+    at = next(i for i, line in enumerate(lines) if line.startswith("wrong"))
+    assert "weights=MISMATCH" in lines[at] and "set family = 'flux'" in lines[at + 1]
     # Without its default model's weights the server cannot serve: a script checking a site gets a failure.
     config.write_text(config.read_text().replace('default_model = "tiny-flux"', 'default_model = "absent"'))
     assert localimg("models", "--config", str(config)).returncode == 1
+
+
+def test_models_command_fails_on_a_matting_model_that_would_stop_the_server(tiny_models_toml: Path, tmp_path: Path):
+    config = tmp_path / "models.toml"
+    not_a_matting_model = tiny_models_toml.parent / "tiny-sd15" / "unet"  # config.json and .safetensors, no model_type
+    config.write_text(
+        tiny_models_toml.read_text().replace('path = "tiny-', f'path = "{tiny_models_toml.parent}/tiny-')
+        + f'\n[matting]\nsource = {{ path = "{not_a_matting_model}" }}\n'
+    )
+    result = localimg("models", "--config", str(config))
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("[matting]"))
+    assert "weights=MISMATCH" in lines[at] and "names neither a model_type" in lines[at + 1]
+    assert "`localimg serve` does not start with it" in lines[at + 1]
 
 
 def test_broken_config_is_one_clear_line(tmp_path: Path):

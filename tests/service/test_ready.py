@@ -62,7 +62,7 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
     backend.fail_with = ValueError("Height (512) cannot be greater than pos_embed_max_size")  # a pipeline's own
     engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
     service = ImageService(registry, engine, ImageStore(ttl_s=60))
-    app = create_app(Settings(warmup_sizes=("512x512", "4096x4096", "256x256")), service, preload=["m"])
+    app = create_app(Settings(warmup_sizes=("512x512", "4096x4096", "260x260", "256x256")), service, preload=["m"])
 
     caplog.set_level("INFO", logger="localimg.service.warmup")
 
@@ -78,9 +78,45 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
     failures = [r.getMessage() for r in caplog.records if "warm-up of m" in r.getMessage()]
     assert failures == [
         "warm-up of m at 512x512 failed",
-        "warm-up of m skips 4096x4096: outside its limits",  # no client could ask for it
+        # No client could ask for these; the operator asked, so the log says which rule rules them out.
+        "warm-up of m skips 4096x4096: outside its limits (sides 256-1536, at most 2359296 pixels)",
+        "warm-up of m skips 260x260: its sides must be multiples of 8",
         "warm-up of m at 256x256 failed",
     ]
+
+
+def test_a_failed_preload_is_not_logged_as_ready(caplog: pytest.LogCaptureFixture):
+    """The last start-up line an operator reads says the server is not ready, and why to look above."""
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    backend = StandInBackend(name="m", steps=1)
+    backend.load_fails_with = ModelUnavailableError("weights missing", code="model_weights_missing")
+    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
+    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    app = create_app(Settings(), service, preload=["m"])
+    caplog.set_level("INFO", logger="localimg.api.app")
+    try:
+        asyncio.run(asyncio.wait_for(preload_and_warm_up(app, service, ["m"]), 20))
+    finally:
+        engine.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "localimg.api.app"]
+    assert lines == [("WARNING", "started, but not ready: m could not be loaded (see above); /ready answers 503")]
+
+
+def test_warm_up_sizes_without_preloaded_models_are_called_out(caplog: pytest.LogCaptureFixture):
+    registry = Registry.from_dict(
+        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
+    )
+    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
+    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    app = create_app(Settings(warmup_sizes=("512x512",)), service, preload=[])
+    caplog.set_level("INFO", logger="localimg.api.app")
+    try:
+        asyncio.run(asyncio.wait_for(preload_and_warm_up(app, service, []), 20))
+    finally:
+        engine.close()
+    assert "--warmup has no effect" in caplog.text and "ready: serving m" in caplog.text
 
 
 class SlowLoadingBackend(StandInBackend):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +125,12 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL + "[models.flux.quality]\nultra = { steps = 4 }\n", ["quality", "'ultra'"]),
         (MINIMAL + '[models.flux.quality]\nauto = "best"\n', ["quality.auto", "best"]),
         (MINIMAL + "[models.flux.quality]\nxhigh = { guidance = 4.0 }\n", ["quality.xhigh.steps is required"]),
+        (MINIMAL + "[models.flux.quality]\nmedium = { guidance = inf }\n", ["quality.medium.guidance", "finite"]),
+        (MINIMAL + "[models.flux.quality]\nlow = { guidance = nan }\n", ["quality.low.guidance", "finite"]),
+        (MINIMAL + '[models.flux.quality]\nauto = ["medium"]\n', ["quality: auto must be a string"]),
+        (MINIMAL.replace('default_model = "flux"', 'default_model = ["flux"]'), ["default_model must be a string"]),
+        (MINIMAL + "limits = { min_side = 1024, max_side = 512 }\n", ["min_side = 1024 > limits.max_side = 512"]),
+        (MINIMAL.replace("[models.flux]", '[models."café"]'), ["ASCII letters"]),
         (MINIMAL + '[models.flux.quality]\nauto = "max"\n', ["quality.auto", "'max'"]),
         (MINIMAL + 'dtype = { cuda = "fp8" }\n', ["dtype.cuda", "fp8"]),
         (MINIMAL + "max_batch = 0\n", ["max_batch"]),
@@ -148,12 +156,99 @@ def test_missing_file_is_clear(tmp_path):
         Registry.load(tmp_path / "nope.toml")
 
 
+def test_a_file_not_in_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_bytes((MINIMAL + 'description = "modèle"\n').encode("latin-1"))
+    with pytest.raises(RegistryError) as info:
+        Registry.load(path)
+    assert str(info.value) == f"{path}: line 7 is not UTF-8 text; save the file as UTF-8"
+
+
+def test_a_byte_order_mark_is_not_a_mistake(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert Registry.load(path).default_model == "flux"
+
+
+def test_default_model_may_be_an_alias(tmp_path):
+    registry = load(tmp_path, MINIMAL.replace('default_model = "flux"', 'default_model = "gpt-image-1"'))
+    assert registry.default_model == "flux" and registry.default.name == "flux"
+
+
+# Every key of models.toml, each to be given values of other types: a mistake is a RegistryError (one line naming
+# the key), never a TypeError's traceback.
+EVERY_KEY: dict[str, Any] = {
+    "default_model": "flux",
+    "models": {
+        "flux": {
+            "family": "flux",
+            "source": {"path": "w/flux"},
+            "aliases": ["gpt-image-1"],
+            "description": "d",
+            "default_size": "1024x1024",
+            "limits": {"min_side": 256, "max_side": 2048, "max_pixels": 4194304, "multiple_of": 16},
+            "quality": {"auto": "medium", "low": {"steps": 4, "guidance": 3.5, "max_sequence_length": 256}},
+            "max_batch": 4,
+            "allow_pickle": False,
+            "dtype": {"cuda": "bfloat16"},
+            "variant": "base",
+            "max_input_images": 1,
+            "optimize": {
+                "preset": "lossless",
+                "attention": "auto",
+                "compile": "auto",
+                "compile_vae": "auto",
+                "fuse_qkv": "auto",
+                "channels_last": "auto",
+                "sync_free": "auto",
+                "prompt_cache": 32,
+                "fp8": False,
+                "step_cache": "off",
+                "step_cache_threshold": 0.05,
+                "warmup_sizes": ["1024x1024"],
+                "compile_cache_dir": "/tmp/cache",
+            },  # fmt: skip
+        },
+        "sd": {
+            "family": "sdxl",
+            "source": {"file": "x.safetensors", "config": "owner/base"},
+            "optimize": {"cuda_graphs": "auto"},
+        },
+        "hub": {"family": "sd15", "source": {"repo": "owner/name", "revision": "main"}},
+    },
+    "matting": {"source": {"path": "m"}, "trust_remote_code": False, "input_size": 1024},
+}
+WRONG_VALUES = [[], ["x"], {}, {"a": 1}, float("nan"), float("inf"), -1, True, "x", ""]
+
+
+def _key_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [prefix, *(path for key, child in children for path in _key_paths(child, (*prefix, key)))]
+
+
+@pytest.mark.parametrize("path", _key_paths(EVERY_KEY)[1:], ids=lambda path: ".".join(map(str, path)))
+def test_a_value_of_any_type_in_any_key_is_named_or_accepted(path):
+    Registry.from_dict(EVERY_KEY, base_dir=Path("/nonexistent"))  # the file itself is valid
+    for wrong in WRONG_VALUES:
+        data = copy.deepcopy(EVERY_KEY)
+        table = data
+        for key in path[:-1]:
+            table = table[key]
+        table[path[-1]] = wrong
+        try:
+            Registry.from_dict(data, base_dir=Path("/nonexistent"))
+        except RegistryError:
+            continue
+
+
 def test_restricted_to(tmp_path):
     registry = load(tmp_path, MINIMAL + '[models.sd]\nfamily = "sd15"\nsource = { path = "x" }\naliases = ["a"]\n')
     only_sd = registry.restricted_to(["sd"])
     assert only_sd.default_model == "sd" and only_sd.public_ids() == ["sd", "a"]
-    with pytest.raises(RegistryError, match="unknown model"):
+    with pytest.raises(RegistryError, match="--models: unknown model"):
         registry.restricted_to(["nope"])
+    by_alias = registry.restricted_to(["a", "gpt-image-1", "sd"])  # aliases name their models, as in requests
+    assert [spec.name for spec in by_alias] == ["sd", "flux"] and by_alias.default_model == "flux"
 
 
 def test_shipped_models_toml_is_valid():
