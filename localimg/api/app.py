@@ -4,6 +4,7 @@ set `base_url` both ways."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -118,12 +119,19 @@ class ArrivingRequestsMiddleware:
             await self.app(scope, receive, send)
 
 
+# Polled by load balancers, orchestrators and Prometheus every few seconds: logged at INFO only when their status
+# changes (the server turning ready or not), at DEBUG otherwise, so that the log keeps the requests.
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
 class RequestIdMiddleware:
     """Gives every request an id (`x-request-id` on every response, and in the logs), sets the request context
-    (request id; client = remote address, until an API key names it) and logs one line per request."""
+    (request id; client = remote address, until an API key names it) and logs one line per request, naming the
+    error when it failed."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._probe_status: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,13 +144,16 @@ class RequestIdMiddleware:
         request_context.client_id.set(f"addr:{client[0]}" if client else "anonymous")
         started = time.perf_counter()
         status = 0
+        error_code: str | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, error_code
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body" and status >= 400 and error_code is None:
+                error_code = _error_code(message.get("body", b""))
             await send(message)
 
         try:
@@ -158,11 +169,26 @@ class RequestIdMiddleware:
             status = 500
             await unexpected_error_response(request_id)(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s %s status=%d ms=%.0f client=%s",
-                scope["method"], loggable(scope["path"]), status, 1000 * (time.perf_counter() - started),
-                request_context.client_id.get(),
+            path = scope["path"]
+            level = logging.INFO
+            if path in PROBE_PATHS:
+                level = logging.DEBUG if self._probe_status.get(path) == status else logging.INFO
+                self._probe_status[path] = status
+            log.log(
+                level, "%s %s status=%d%s ms=%.0f client=%s",
+                scope["method"], loggable(path), status, f" error={error_code}" if error_code else "",
+                1000 * (time.perf_counter() - started), request_context.client_id.get(),
             )  # fmt: skip
+
+
+def _error_code(body: bytes) -> str | None:
+    """The `code` (else the `type`) of an OpenAI error envelope; error responses are one small JSON body."""
+    try:
+        error = json.loads(body)["error"]
+        code = error.get("code") or error.get("type")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return loggable(code) if isinstance(code, str) else None
 
 
 def loggable(path: str) -> str:

@@ -50,9 +50,8 @@ class ServerProcess:
             raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def log(self) -> str:
-        """The log's end, without the readiness polls that would fill it while a model fails to load."""
-        lines = self.log_path.read_text().splitlines(keepends=True)
-        return "".join(line for line in lines if "GET /ready " not in line)[-5000:]
+        """The log's end (readiness polls are logged only when their answer changes, so they do not fill it)."""
+        return self.log_path.read_text()[-5000:]
 
     def stop(self) -> None:
         self.process.terminate()
