@@ -231,8 +231,8 @@ def bind(host: str, port: int) -> socket.socket:
 def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: float) -> uvicorn.Server:
     """uvicorn's server, with a graceful SIGTERM/SIGINT: stop admission (new jobs get 503 and /ready turns 503
     while the socket still accepts), let queued and running jobs finish for up to `drain_timeout_s`, fail what
-    is left with a 503 its client receives, then let uvicorn close connections and exit. A second signal exits
-    at once. A failed device ends the server too, once its clients have their 503s."""
+    is left with a 503 its client receives, then let uvicorn close connections and exit. A second signal fails
+    what is left with a 503 at once and exits. A failed device ends the server too, once its clients have their 503s."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -245,6 +245,8 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
                 log.info("signal %d: draining %d job(s) for up to %.0f s", sig, engine.in_flight, drain_timeout_s)
             else:  # a second signal: an operator who will not wait; uvicorn alone would want a third
                 log.warning("signal %d again: exiting now, abandoning %d job(s)", sig, engine.in_flight)
+                # Their clients get a 503 they can retry elsewhere, sent while uvicorn closes the connections.
+                engine.abort("The server is exiting now and abandoned this request.")
                 self.should_exit = self.force_exit = True
 
         async def on_tick(self, counter: int) -> bool:

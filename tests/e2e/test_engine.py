@@ -253,9 +253,12 @@ def test_a_second_signal_exits_at_once(tiny_models_toml: Path, tmp_path: Path):
     try:
         server.wait_ready()
         body = {"prompt": "endless", **SMALL, "size": "512x512", "n": 4, "num_inference_steps": 500}
-        threading.Thread(
-            target=lambda: httpx.post(f"{server.root}/v1/images/generations", json=body, timeout=300), daemon=True
-        ).start()
+        answers: list[httpx.Response] = []
+        client = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{server.root}/v1/images/generations", json=body, timeout=300)),
+            daemon=True,
+        )
+        client.start()
         deadline = time.monotonic() + 60
         while metric(server, "localimg_jobs_running") < 1:
             assert time.monotonic() < deadline, "the job never started"
@@ -266,6 +269,10 @@ def test_a_second_signal_exits_at_once(tiny_models_toml: Path, tmp_path: Path):
         server.process.send_signal(signal.SIGINT)
         server.process.wait(20)
         assert "exiting now, abandoning 1 job(s)" in server.log_path.read_text()
+        # The abandoned client is told, in OpenAI's envelope, with a status its SDK retries (elsewhere).
+        client.join(10)
+        assert answers and answers[0].status_code == 503
+        assert answers[0].json()["error"]["code"] == "server_shutting_down"
     finally:
         server.stop()
 
