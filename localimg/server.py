@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
+from localimg import __version__
 from localimg.api.app import create_app
 from localimg.config import Settings
 from localimg.registry import Registry
@@ -54,6 +55,11 @@ def build_app(
     (Ray replicas sharing a GPU), which scales the default memory budget."""
     registry = load_registry(settings)
     preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
+    log.info(
+        "localimg %s: models %s from %s (default %s); API key %s",
+        __version__, ", ".join(spec.name for spec in registry), settings.config, registry.default_model,
+        f"required ({len(settings.api_key_hashes)} accepted)" if settings.api_key_hashes else "not required",
+    )  # fmt: skip
     # Imported here so that `localimg --help` and `localimg models` never import torch.
     import diffusers.utils.logging
     import transformers.utils.logging

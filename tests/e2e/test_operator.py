@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from localimg import __version__
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.ready import wait_until_ok
 
@@ -111,7 +112,15 @@ def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: P
             assert time.monotonic() < deadline, "the preload never finished"
             time.sleep(0.1)
         assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "models": ["absent"]}
-        assert "nothing-here" in server.log()  # the operator's log says why
+        log = server.log()
+        assert "nothing-here" in log  # the operator's log says why
+        assert "started, but not ready: absent could not be loaded" in log and "ready: serving" not in log
+        # ... after saying what it was asked to serve, and how
+        config = tmp_path / "models.toml"
+        assert (
+            "models tiny-flux, tiny-sd15, " in log
+            and f"from {config} (default tiny-flux); API key not required" in log
+        )
         client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0)
         assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
     finally:
@@ -140,3 +149,8 @@ def test_a_failed_device_answers_503_and_ends_the_server_for_its_supervisor(tiny
         assert "CRITICAL localimg.service.engine" in log and "cudaErrorIllegalAddress" in log  # with its traceback
     finally:
         server.stop()
+
+
+def test_version():
+    result = localimg("--version")
+    assert result.returncode == 0 and result.stdout == f"localimg {__version__}\n"
