@@ -72,6 +72,11 @@ def build_app(
     # Loading progress bars are for interactive sessions; in a server log they are noise between the log lines.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    # Pipelines declare CLIP/SigLIP image processors (safety checker, IP-adapters) that the server never runs;
+    # transformers' advice to install torchvision for them would be the first warning of every start.
+    transformers.utils.logging.get_logger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed)" not in record.getMessage()
+    )
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     for spec in registry:  # file checks only: say now what a request would find out later
@@ -203,6 +208,7 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's own lines go through configure_logging's handler: one format, with times
         access_log=False,  # RequestIdMiddleware logs each request with its id
         timeout_graceful_shutdown=30,
     )

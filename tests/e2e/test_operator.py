@@ -118,8 +118,7 @@ def test_ready_is_503_while_a_preloaded_model_is_unavailable(tiny_models_toml: P
         # ... after saying what it was asked to serve, and how
         config = tmp_path / "models.toml"
         assert (
-            "models tiny-flux, tiny-sd15, " in log
-            and f"from {config} (default tiny-flux); API key not required" in log
+            "models tiny-flux, tiny-sd15, " in log and f"from {config} (default tiny-flux); API key not required" in log
         )
         client = openai.OpenAI(base_url=f"{server.root}/v1", api_key="sk-local", max_retries=0)
         assert len(client.images.generate(model="tiny-flux", prompt="x", size="256x256").data) == 1
