@@ -55,11 +55,14 @@ def serve(
     port: Annotated[int, typer.Option(envvar="LOCALIMG_PORT", help="Port to bind.")] = 8000,
     device: Annotated[str, typer.Option(envvar="LOCALIMG_DEVICE", help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     models: Annotated[
-        list[str], typer.Option(envvar="LOCALIMG_MODELS", help="Serve only these models (comma-separated).")
+        list[str],
+        typer.Option(envvar="LOCALIMG_MODELS", metavar="NAME,...", help="Serve only these models (names or aliases)."),
     ] = [],  # noqa: B006 - typer needs a literal default
     preload: Annotated[
         list[str],
-        typer.Option(envvar="LOCALIMG_PRELOAD", help="Models to load at start: default, all, none, or names."),
+        typer.Option(
+            envvar="LOCALIMG_PRELOAD", metavar="NAME,...", help="Models to load at start: default, all, none, or names."
+        ),
     ] = ["default"],  # noqa: B006
     public_url: Annotated[
         str | None,
@@ -101,13 +104,18 @@ def serve(
     ] = 30.0,
     warmup: Annotated[
         list[str],
-        typer.Option(envvar="LOCALIMG_WARMUP", help="Sizes (WxH) generated once per preloaded model at start."),
+        typer.Option(
+            envvar="LOCALIMG_WARMUP", metavar="WxH,...", help="Sizes generated once per preloaded model at start."
+        ),
     ] = [],  # noqa: B006
     drain_timeout: Annotated[
         float, typer.Option(envvar="LOCALIMG_DRAIN_TIMEOUT", help="Seconds SIGTERM waits for jobs to finish.")
     ] = 30.0,
     api_key: Annotated[
-        list[str], typer.Option(envvar="LOCALIMG_API_KEY", help="Accepted API key (repeatable); none: no key needed.")
+        list[str],
+        typer.Option(
+            envvar="LOCALIMG_API_KEY", metavar="KEY", help="Accepted API key (repeatable); none: no key needed."
+        ),
     ] = [],  # noqa: B006
     api_keys_file: Annotated[
         Path | None,
@@ -120,7 +128,10 @@ def serve(
         float, typer.Option(envvar="LOCALIMG_MAX_BODY_MB", help="Largest request body in MB (413 above).")
     ] = 64.0,
     cors_origin: Annotated[
-        list[str], typer.Option(envvar="LOCALIMG_CORS_ORIGIN", help="Browser origin allowed by CORS (repeatable).")
+        list[str],
+        typer.Option(
+            envvar="LOCALIMG_CORS_ORIGIN", metavar="ORIGIN", help="Browser origin allowed by CORS (repeatable)."
+        ),
     ] = [],  # noqa: B006
     inject_oom: Annotated[int, typer.Option(envvar="LOCALIMG_INJECT_OOM", hidden=True)] = 0,
     inject_device_failure: Annotated[bool, typer.Option(envvar="LOCALIMG_INJECT_DEVICE_FAILURE", hidden=True)] = False,
