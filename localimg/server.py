@@ -3,6 +3,8 @@ concrete backends to the rest."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -33,6 +35,9 @@ log = logging.getLogger("localimg")
 # activations, which grow with image size and batch.
 DEFAULT_CUDA_WEIGHT_SHARE = 0.75
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# After a second signal: how long the app's own shutdown may take (its jobs are aborted, so the worker stops at its
+# next denoising step) before the process exits without it.
+FORCED_SHUTDOWN_S = 3.0
 # The exit status after the device failed for good (engine.device_failure): a supervisor's restart brings up a
 # fresh CUDA context, which nothing inside this process can.
 DEVICE_FAILED_EXIT_STATUS = 3
@@ -244,7 +249,8 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
     """uvicorn's server, with a graceful SIGTERM/SIGINT: stop admission (new jobs get 503 and /ready turns 503
     while the socket still accepts), let queued and running jobs finish for up to `drain_timeout_s`, fail what
     is left with a 503 its client receives, then let uvicorn close connections and exit. A second signal fails
-    what is left with a 503 at once and exits. A failed device ends the server too, once its clients have their 503s."""
+    what is left with a 503 at once and exits (within FORCED_SHUTDOWN_S). A failed device ends the server too,
+    once its clients have their 503s."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -260,6 +266,14 @@ def _draining_server(config: uvicorn.Config, engine: Engine, drain_timeout_s: fl
                 # Their clients get a 503 they can retry elsewhere, sent while uvicorn closes the connections.
                 engine.abort("The server is exiting now and abandoned this request.")
                 self.should_exit = self.force_exit = True
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:
+                # uvicorn skips the app's shutdown when forced, and asyncio then cancels it on exit, which
+                # Starlette logs as a failed shutdown with a traceback: let it run, for a moment.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.lifespan.shutdown(), FORCED_SHUTDOWN_S)
 
         async def on_tick(self, counter: int) -> bool:
             if engine.device_failure is not None and not self.should_exit:
