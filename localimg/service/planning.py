@@ -62,6 +62,9 @@ class KeepRegion:
 
     original: Image.Image  # the first input image, in its own mode (RGBA when it has alpha)
     region: Image.Image  # "L": 255 = edited, 0 = kept
+    # A transparent output mattes the kept pixels too only when they are the service's own key-colour canvas (to
+    # come out clear); a client's kept pixels come back exactly as they were, alpha included.
+    matte_kept: bool = False
 
 
 @dataclass(frozen=True)

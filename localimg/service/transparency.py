@@ -9,7 +9,7 @@ Two ways, chosen by the matting the server was built with (backends/matting.py `
   outside the region stays exactly the key colour, and chroma-keying with soft edges and colour decontamination
   (imaging/alpha.py) turns the key colour into transparency. Edits keep their inputs, so the prompt changes, and a
   cut-out's transparent parts are flattened onto the key colour instead of white: a background the model keeps or
-  paints in the key colour is keyed out, and input pixels outside a mask keep their alpha.
+  paints in the key colour is keyed out, and input pixels outside a mask come back exactly, alpha included.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageChops
+from PIL import Image
 
 from localimg.backends.base import EditInputs
 from localimg.imaging.alpha import (
@@ -28,6 +28,7 @@ from localimg.imaging.alpha import (
     subject_region,
     transparency_prompt,
 )
+from localimg.imaging.masks import keep_outside
 from localimg.service.planning import KeepRegion
 
 if TYPE_CHECKING:
@@ -59,16 +60,16 @@ class TransparencyStage:
         canvas = key_canvas(size, self.matting.key)
         region = subject_region(size)
         plan = dataclasses.replace(plan, edit=EditInputs(images=(canvas,), mask=region, strength=1.0))
-        return dataclasses.replace(job, plan=plan, keep=KeepRegion(original=canvas, region=region))
+        return dataclasses.replace(job, plan=plan, keep=KeepRegion(original=canvas, region=region, matte_kept=True))
 
     def finish(self, job: ImageJob, image: Image.Image) -> Image.Image:
         """RGBA for transparent jobs, `image` otherwise. `image` already has the kept region copied back."""
         if job.output.background != "transparent":
             return image
+        # The whole image is matted (the subject's edges need their surroundings), ...
         matted = self.matting.matte(image.convert("RGB"))
-        if job.keep is not None and job.keep.original.mode == "RGBA":
-            # Input pixels outside the mask that were transparent stay so: alpha there is at most the input's.
-            opaque = Image.new("L", matted.size, 255)
-            ceiling = Image.composite(opaque, job.keep.original.getchannel("A"), job.keep.region)
-            matted.putalpha(ImageChops.darker(matted.getchannel("A"), ceiling))
+        if job.keep is not None and not job.keep.matte_kept:
+            # ... but outside a client's mask nothing is edited, so the input comes back exactly, alpha included
+            # (keying it would clear and despill any greenish pixel there).
+            return keep_outside(job.keep.original, matted, job.keep.region)
         return matted

@@ -108,6 +108,27 @@ def test_without_a_mask_dall_e_2_edits_the_transparent_pixels_and_gpt_models_the
     assert np.abs(edited[:, 128:] - pixels(source)[:, 128:]).mean() > 5, "the opaque half was not edited"
 
 
+@pytest.mark.parametrize("background", ["transparent", None])
+def test_a_transparent_masked_edit_returns_every_pixel_outside_the_mask_as_it_was(client: OpenAI, background):
+    """Only the masked region is edited, and matted: a green photo outside it is not keyed out, and a cut-out's
+    partly transparent pixels keep their colour and alpha (an omitted background is transparent for a cut-out)."""
+    source = Image.new("RGBA", (256, 256), (40, 160, 60, 255))  # leaf green: what the key-colour matting removes
+    ImageDraw.Draw(source).rectangle((0, 0, 47, 255), fill=(0, 0, 0, 0))  # a cut-out's clear band
+    ImageDraw.Draw(source).rectangle((48, 0, 63, 255), fill=(85, 252, 0, 128))  # and a half-transparent one
+    if background is not None:
+        source = Image.alpha_composite(Image.new("RGBA", source.size, (255, 255, 255, 255)), source)  # an opaque photo
+    mask = hole_mask()
+    result = client.images.edit(
+        model="tiny-sd15", image=png_bytes(source), mask=png_bytes(mask), prompt=PROMPT,
+        **({"background": background} if background else {}),
+    )  # fmt: skip
+    assert result.background == "transparent"
+    edited = np.asarray(decode(result.data[0].b64_json, "png", (256, 256)))
+    outside = np.asarray(mask)[..., 3] > 0
+    assert edited.shape == (256, 256, 4)
+    assert np.array_equal(edited[outside], np.asarray(source)[outside])
+
+
 def test_a_masked_edit_of_a_logo_with_an_opaque_output_keeps_what_the_model_saw(client: OpenAI):
     # Transparent pixels of a PNG hold a colour no viewer shows (black here, as most editors save them).
     logo = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
