@@ -226,6 +226,7 @@ def run(settings: Settings) -> None:
 def configure_logging(level: str) -> None:
     """One line per record on stderr, each with the id of the request it belongs to."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    logging.captureWarnings(True)  # a library's warnings too: in the same format, with the request they belong to
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
 

@@ -13,6 +13,8 @@ no codes for the others, so we use `invalid_image_file` (seen in the wild for un
 from __future__ import annotations
 
 import io
+import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -65,12 +67,13 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
         raise _invalid(param, f"unsupported file format. {_SUPPORTED}", "unsupported_file_mimetype")
     pil_format, mime = kind
     try:
-        # warnings: PIL warns above its own MAX_IMAGE_PIXELS and raises above twice that; our bound is lower.
+        # Pillow's warnings are about the client's file (corrupt EXIF, a canvas above its own MAX_IMAGE_PIXELS,
+        # which it raises on above twice that; our bound is lower): nothing for the operator's log.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=[pil_format])
     except Image.DecompressionBombError as exc:
-        raise _invalid(param, f"the image has too many pixels ({exc}).", "image_too_large") from exc
+        raise _bomb(exc, param, limits) from exc
     except UnidentifiedImageError as exc:  # its message names an in-memory buffer, nothing the client sent
         raise _invalid(param, f"the file is not a valid {mime} image.", "invalid_image_file") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -78,10 +81,10 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
     _check_dimensions(image.size, param, limits)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             image.load()  # the first frame; multi-frame files are not iterated
     except Image.DecompressionBombError as exc:
-        raise _invalid(param, f"the image has too many pixels ({exc}).", "image_too_large") from exc
+        raise _bomb(exc, param, limits) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         # truncated or corrupt pixel data ("image file is truncated", "broken data stream", ...)
         raise _invalid(param, f"the {mime} file is truncated or corrupt ({exc}).", "invalid_image_file") from exc
@@ -89,9 +92,21 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
     return _in_srgb(_upright(image), icc)
 
 
+def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image` scaled down, its aspect kept, to at most `max_pixels`; `image` itself when it is no larger."""
+    pixels = image.width * image.height
+    if pixels <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / pixels)
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # RGBA is resized premultiplied
+
+
 def _upright(image: Image.Image) -> Image.Image:
     try:
-        return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # corrupt EXIF: the pixels are fine
+            return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF raises many kinds of error; the pixels are fine, so keep them as stored
         return image
 
@@ -109,12 +124,7 @@ def _sniff(data: bytes) -> tuple[str, str] | None:
 def _check_dimensions(size: tuple[int, int], param: str, limits: InputLimits) -> None:
     width, height = size
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        raise _invalid(
-            param,
-            f"the image is {width}x{height}; images may have at most {limits.max_pixels} pixels and "
-            f"{limits.max_side} pixels per side.",
-            "image_too_large",
-        )
+        raise _too_large(f"the image is {width}x{height}", param, limits)
     if min(width, height) < limits.min_side:
         raise _invalid(
             param,
@@ -177,6 +187,21 @@ def _rgb_or_rgba(image: Image.Image) -> Image.Image:
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     target = "RGBA" if has_alpha else "RGB"
     return image if image.mode == target else image.convert(target)
+
+
+def _bomb(exc: Image.DecompressionBombError, param: str, limits: InputLimits) -> InvalidRequestError:
+    """Pillow refuses a canvas far above its own limit before its size can be read: the same answer as
+    `_check_dimensions`, with the pixel count Pillow's message gives (its limit is not ours)."""
+    claimed = re.search(r"\((\d+) pixels\)", str(exc))
+    return _too_large(f"the image has {claimed[1]} pixels" if claimed else "the image is too large", param, limits)
+
+
+def _too_large(what: str, param: str, limits: InputLimits) -> InvalidRequestError:
+    return _invalid(
+        param,
+        f"{what}; images may have at most {limits.max_pixels} pixels and {limits.max_side} pixels per side.",
+        "image_too_large",
+    )
 
 
 def _invalid(param: str, detail: str, code: str) -> InvalidRequestError:

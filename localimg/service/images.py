@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from localimg.errors import DeviceFailedError
 from localimg.imaging.alpha import KeyColourMatting
 from localimg.imaging.encoding import MIME_TYPES, encode_image
-from localimg.imaging.inputs import InputLimits, decode_image
+from localimg.imaging.inputs import InputLimits, decode_image, fit_pixels
 from localimg.imaging.masks import keep_outside
 from localimg.imaging.pools import thread_pool
 from localimg.protocol import (
@@ -83,8 +83,12 @@ class ImageService:
         self.engine.check_admission()
 
         def decode_and_plan() -> ImageJob:
-            decoded = _decode_all([*images, *([mask] if mask else [])], self.input_limits)
-            inputs, mask_input = (decoded[:-1], decoded[-1]) if mask else (decoded, None)
+            first, *references = images
+            # A model sees a reference at most at the output's size, so each is scaled down as it is decoded:
+            # sixteen large photos would otherwise all be held at full size (gigabytes) until the job is done.
+            most_pixels = max(spec.limits.max_pixels for spec in self.registry)
+            inputs = [self._decode(first), *(self._decode(upload, max_pixels=most_pixels) for upload in references)]
+            mask_input = self._decode(mask) if mask else None
             return plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
 
         return await asyncio.to_thread(decode_and_plan)
@@ -93,10 +97,13 @@ class ImageService:
         self.engine.check_admission()
 
         def decode_and_plan() -> ImageJob:
-            (decoded,) = _decode_all([image], self.input_limits)
-            return plan_variation(request, decoded, self.registry, self._random_seed)
+            return plan_variation(request, self._decode(image), self.registry, self._random_seed)
 
         return await self._respond(await asyncio.to_thread(decode_and_plan), url_base)
+
+    def _decode(self, upload: Upload, *, max_pixels: int | None = None) -> InputImage:
+        image = decode_image(upload.data, param=upload.param, limits=self.input_limits)
+        return InputImage(upload.param, image if max_pixels is None else fit_pixels(image, max_pixels))
 
     async def _respond(self, requested: ImageJob, url_base: str) -> ImagesResponse:
         # The job run may carry words of the service's own (transparency); usage and revised_prompt are the client's.
@@ -229,7 +236,3 @@ class Upload:
 
     param: str
     data: bytes
-
-
-def _decode_all(uploads: Sequence[Upload], limits: InputLimits) -> list[InputImage]:
-    return [InputImage(u.param, decode_image(u.data, param=u.param, limits=limits)) for u in uploads]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+import warnings
 import zlib
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from localimg.errors import InvalidRequestError
-from localimg.imaging.inputs import InputLimits, decode_image
+from localimg.imaging.inputs import InputLimits, decode_image, fit_pixels
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -103,9 +104,14 @@ def test_decompression_bomb_is_refused_from_the_header():
     assert len(bomb) < 200
     before = Image.MAX_IMAGE_PIXELS
     start = time.perf_counter()
-    rejects(bomb, "image_too_large")
+    error = rejects(bomb, "image_too_large")
     assert time.perf_counter() - start < 1.0
     assert before == Image.MAX_IMAGE_PIXELS  # the global is never touched
+    # The server's limit, as for any image too large, not Pillow's own limit and wording.
+    assert error.message == (
+        "Invalid file 'image': the image has 10000000000 pixels; images may have at most 40000000 pixels and "
+        "16384 pixels per side."
+    )
 
 
 def test_above_our_pixel_limit_but_below_pils():
@@ -273,3 +279,25 @@ def test_animation_uses_the_first_frame():
     frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
     image = decode_image(buffer.getvalue(), param="image")
     assert image.getpixel((5, 5))[:3] == (255, 0, 0)
+
+
+def test_fit_pixels_scales_down_keeping_the_aspect_and_leaves_smaller_images_alone():
+    wide = Image.new("RGBA", (4000, 1000), (200, 30, 30, 128))
+    fitted = fit_pixels(wide, 1_000_000)
+    assert fitted.size == (2000, 500) and fitted.mode == "RGBA"
+    red, green, blue, alpha = fitted.getpixel((1000, 250))
+    assert alpha == 128 and abs(red - 200) <= 1 and abs(green - 30) <= 1 and abs(blue - 30) <= 1  # premultiplied
+    small = Image.new("RGB", (640, 480))
+    assert fit_pixels(small, 1_000_000) is small
+
+
+def test_a_photo_with_corrupt_exif_decodes_without_warnings_for_the_log():
+    """Pillow warns about a client's broken metadata; that is one stray stderr line per upload, for nothing the
+    operator can change, and the pixels are fine."""
+    jpeg = encoded(gradient(), "JPEG")
+    exif = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + b"\xff" * 40  # an IFD whose entries run off the end
+    corrupt = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_image(corrupt, param="image").size == (64, 48)
+    assert caught == []
