@@ -67,10 +67,9 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
         raise _invalid(param, f"unsupported file format. {_SUPPORTED}", "unsupported_file_mimetype")
     pil_format, mime = kind
     try:
-        # Pillow's warnings are about the client's file (corrupt EXIF, a canvas above its own MAX_IMAGE_PIXELS,
-        # which it raises on above twice that; our bound is lower): nothing for the operator's log.
+        # warnings: PIL warns above its own MAX_IMAGE_PIXELS and raises above twice that; our bound is lower.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[pil_format])
     except Image.DecompressionBombError as exc:
         raise _bomb(exc, param, limits) from exc
@@ -81,7 +80,7 @@ def decode_image(data: bytes, *, param: str, limits: InputLimits = InputLimits()
     _check_dimensions(image.size, param, limits)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()  # the first frame; multi-frame files are not iterated
     except Image.DecompressionBombError as exc:
         raise _bomb(exc, param, limits) from exc
@@ -104,9 +103,7 @@ def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
 
 def _upright(image: Image.Image) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # corrupt EXIF: the pixels are fine
-            return ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF raises many kinds of error; the pixels are fine, so keep them as stored
         return image
 
