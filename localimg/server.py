@@ -38,6 +38,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # After a second signal: how long the app's own shutdown may take (its jobs are aborted, so the worker stops at its
 # next denoising step) before the process exits without it.
 FORCED_SHUTDOWN_S = 3.0
+# Library warnings that tell an operator nothing to act on, dropped by (logger, text).
+LIBRARY_NOISE = (
+    # Pipelines declare CLIP/SigLIP image processors (safety checker, IP-adapters) that the server never runs.
+    ("transformers.utils.import_utils", "requires torchvision (not installed)"),
+    # diffusers warns at every dtype cast of a model, also when no module of it must stay in float32 (the []).
+    ("diffusers.models.modeling_utils", "should be kept in float32: []"),
+)
 # The exit status after the device failed for good (engine.device_failure): a supervisor's restart brings up a
 # fresh CUDA context, which nothing inside this process can.
 DEVICE_FAILED_EXIT_STATUS = 3
@@ -74,14 +81,15 @@ def build_app(
     from localimg.backends.loading import weights_problem
     from localimg.backends.matting import load_matting
 
-    # Loading progress bars are for interactive sessions; in a server log they are noise between the log lines.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    # Pipelines declare CLIP/SigLIP image processors (safety checker, IP-adapters) that the server never runs;
-    # transformers' advice to install torchvision for them would be the first warning of every start.
-    transformers.utils.logging.get_logger("transformers.utils.import_utils").addFilter(
-        lambda record: "requires torchvision (not installed)" not in record.getMessage()
-    )
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        # Loading progress bars are for interactive sessions; in a server log they are noise between the log lines.
+        library.disable_progress_bar()
+        # Their warnings (a prompt truncated, modules kept in float32) go to the server's log handler, in its
+        # format and with the request they belong to, instead of a handler of their own.
+        library.disable_default_handler()
+        library.enable_propagation()
+    for name, text in LIBRARY_NOISE:
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     for spec in registry:  # file checks only: say now what a request would find out later

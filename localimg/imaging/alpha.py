@@ -130,14 +130,13 @@ def subject_region(size: tuple[int, int]) -> Image.Image:
 
 
 def transparency_prompt(prompt: str, key: RGB = GREEN) -> str:
-    """`prompt` plus an instruction to paint the subject isolated on the flat key colour."""
+    """An instruction to paint the subject isolated on the flat key colour, then `prompt`. The instruction comes
+    first because text encoders truncate the end of a long prompt (CLIP at 77 tokens): what is cut is then the
+    tail of the client's words, not what the keying depends on."""
     hex_code = "#{:02X}{:02X}{:02X}".format(*key)
     name = _KEY_NAMES.get(key)
     colour = f"pure {name} ({hex_code})" if name else f"solid {hex_code}"
-    return (
-        f"{prompt.rstrip().rstrip('.')}. Isolated subject, centred, on a flat, uniform, {colour} background, "
-        "no shadows, no reflections."
-    )
+    return f"Isolated subject, centred, on a flat, uniform, {colour} background, no shadows, no reflections: {prompt}"
 
 
 # Phrases that ask for a transparent result, matched case-insensitively on word boundaries. Kept conservative:

@@ -120,7 +120,7 @@ def test_subject_region_is_a_centred_ellipse_with_a_margin(size):
 
 def test_transparency_prompt():
     text = transparency_prompt("A red apple.")
-    assert text.startswith("A red apple. ")
+    assert text.endswith(": A red apple.")  # after the instruction, which a truncating text encoder then keeps
     assert "pure green (#00FF00) background" in text and "no shadows" in text
     assert "#FF00FF" in transparency_prompt("a cat", (255, 0, 255))
     assert "#123456" in transparency_prompt("a cat", (0x12, 0x34, 0x56))
