@@ -8,12 +8,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from PIL import Image
 
 from localimg.backends.base import GenerationPlan, StepCallback, StepProgress
 from localimg.errors import GenerationError
+from localimg.registry import Registry
+from localimg.service.engine import Engine, EngineConfig
+from localimg.service.image_store import ImageStore
+from localimg.service.images import ImageService
 
 
 def colour(seed: int) -> tuple[int, int, int]:
@@ -86,4 +92,16 @@ def plan(seed: int, *, model: str = "m", n: int = 1, width: int = 8, prompt: str
     )  # fmt: skip
 
 
-__all__ = ["GenerationError", "StandInBackend", "colour", "plan"]
+def one_model_service(backend: StandInBackend | None = None, **options: Any) -> ImageService:
+    """The service over one model, `backend` (default: a one-step "m") declared as an SD 1.5 model without weights,
+    on an engine that merges no requests. `options` go to ImageService; close `service.engine` when done."""
+    backend = backend or StandInBackend(name="m", steps=1)
+    registry = Registry.from_dict(
+        {"models": {backend.name: {"family": "sd15", "source": {"path": f"/nonexistent/{backend.name}"}}}},
+        base_dir=Path("."),
+    )
+    engine = Engine({backend.name: backend}, config=EngineConfig(batch_window_s=0.0))
+    return ImageService(registry, engine, ImageStore(ttl_s=60), **options)
+
+
+__all__ = ["GenerationError", "StandInBackend", "colour", "one_model_service", "plan"]

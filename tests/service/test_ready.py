@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,22 +13,16 @@ from PIL import Image
 from localimg.api.app import create_app, preload_and_warm_up
 from localimg.config import Settings
 from localimg.errors import DeviceFailedError, ModelUnavailableError
-from localimg.registry import Registry
-from localimg.service.engine import Engine, EngineConfig
-from localimg.service.image_store import ImageStore
-from localimg.service.images import ImageService
 from localimg.service.transparency import TransparencyStage
-from tests.service.standin import StandInBackend, plan
+from tests.service.standin import StandInBackend, one_model_service, plan
 
 
 def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
     backend = StandInBackend(name="m", steps=1)
     backend.load_fails_with = ModelUnavailableError("weights missing", code="model_weights_missing")
-    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
-    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    service = one_model_service(backend)
+    engine = service.engine
+    app = create_app(Settings(), service, preload=[])
 
     async def scenario() -> None:
         await engine.preload(["m"])  # what the app's startup does
@@ -55,13 +48,10 @@ def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: pytest.LogCaptureFixture):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
     backend = StandInBackend(name="m", steps=1)
     backend.fail_with = ValueError("Height (512) cannot be greater than pos_embed_max_size")  # a pipeline's own
-    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    service = one_model_service(backend)
+    engine = service.engine
     app = create_app(Settings(warmup_sizes=("512x512", "4096x4096", "260x260", "256x256")), service, preload=["m"])
 
     caplog.set_level("INFO", logger="localimg.service.warmup")
@@ -87,13 +77,10 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
 
 def test_a_failed_preload_is_not_logged_as_ready(caplog: pytest.LogCaptureFixture):
     """The last start-up line an operator reads says the server is not ready, and why to look above."""
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
     backend = StandInBackend(name="m", steps=1)
     backend.load_fails_with = ModelUnavailableError("weights missing", code="model_weights_missing")
-    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    service = one_model_service(backend)
+    engine = service.engine
     app = create_app(Settings(), service, preload=["m"])
     caplog.set_level("INFO", logger="localimg.api.app")
     try:
@@ -105,11 +92,8 @@ def test_a_failed_preload_is_not_logged_as_ready(caplog: pytest.LogCaptureFixtur
 
 
 def test_warm_up_sizes_without_preloaded_models_are_called_out(caplog: pytest.LogCaptureFixture):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    service = one_model_service()
+    engine = service.engine
     app = create_app(Settings(warmup_sizes=("512x512",)), service, preload=[])
     caplog.set_level("INFO", logger="localimg.api.app")
     try:
@@ -129,11 +113,8 @@ class SlowLoadingBackend(StandInBackend):
 def test_start_up_waits_for_the_preload_only_when_asked(serve_while_loading: bool):
     """A Ray Serve replica gets traffic once its start-up is done, so there start-up waits for the preloaded
     models; the single server starts at once and answers /ready 503 meanwhile."""
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": SlowLoadingBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    service = one_model_service(SlowLoadingBackend(name="m", steps=1))
+    engine = service.engine
     app = create_app(Settings(), service, preload=["m"], serve_while_loading=serve_while_loading)
 
     async def scenario() -> tuple[bool, bool]:
@@ -145,12 +126,10 @@ def test_start_up_waits_for_the_preload_only_when_asked(serve_while_loading: boo
 
 
 def test_health_and_ready_turn_503_once_the_device_has_failed():
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
     backend = StandInBackend(name="m", steps=1)
-    engine = Engine({"m": backend}, config=EngineConfig(batch_window_s=0.0))
-    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    service = one_model_service(backend)
+    engine = service.engine
+    app = create_app(Settings(), service, preload=[])
     app.state.ready = True
     message = "The server's device (GPU 0) failed (CUDA error: unspecified launch failure)"
 
@@ -185,13 +164,10 @@ def test_a_device_lost_while_matting_fails_the_engine_too():
     """The learned matting runs on the device outside the engine's worker: when it finds the device lost, the
     request gets the engine's 503 and the server reports the failure (so it gets restarted) at once, not after
     the next generation fails the same way."""
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
     message = "The server's device (GPU 0) failed (CUDA error: an illegal memory access was encountered)"
     matting = _LostDeviceMatting(DeviceFailedError(message))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60), transparency=TransparencyStage(matting))
+    service = one_model_service(transparency=TransparencyStage(matting))
+    engine = service.engine
     app = create_app(Settings(), service, preload=[])
     app.state.ready = True
     body = {"model": "m", "prompt": "a cat", "size": "1024x1024", "background": "transparent"}

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import httpx
 import pytest
 
 from localimg.api.app import create_app
 from localimg.config import Settings
-from localimg.registry import Registry
-from localimg.service.engine import Engine, EngineConfig
-from localimg.service.image_store import ImageStore
-from localimg.service.images import ImageService
-from tests.service.standin import StandInBackend
+from tests.service.standin import one_model_service
 
 
 def request_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -24,11 +19,9 @@ def request_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
 
 
 def test_request_lines_name_the_error_and_log_probes_only_when_their_answer_changes(caplog: pytest.LogCaptureFixture):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
-    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    service = one_model_service()
+    engine = service.engine
+    app = create_app(Settings(), service, preload=[])
 
     async def calls() -> None:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)

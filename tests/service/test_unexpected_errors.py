@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import httpx
 import pytest
 
 from localimg.api.app import create_app
 from localimg.config import Settings
-from localimg.registry import Registry
-from localimg.service.engine import Engine, EngineConfig
-from localimg.service.image_store import ImageStore
-from localimg.service.images import ImageService
-from tests.service.standin import StandInBackend
+from tests.service.standin import one_model_service
 
 
 def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptureFixture):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
-    service = ImageService(registry, engine, ImageStore(ttl_s=60))
+    service = one_model_service()
+    engine = service.engine
 
     async def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
@@ -53,11 +45,9 @@ def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptur
 
 
 def test_a_client_gone_mid_upload_is_a_499_line_not_an_error(caplog: pytest.LogCaptureFixture):
-    registry = Registry.from_dict(
-        {"models": {"m": {"family": "sd15", "source": {"path": "/nonexistent/m"}}}}, base_dir=Path(".")
-    )
-    engine = Engine({"m": StandInBackend(name="m", steps=1)}, config=EngineConfig(batch_window_s=0.0))
-    app = create_app(Settings(), ImageService(registry, engine, ImageStore(ttl_s=60)), preload=[])
+    service = one_model_service()
+    engine = service.engine
+    app = create_app(Settings(), service, preload=[])
     body = [b'--b\r\ncontent-disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG', None]
     sent: list[dict] = []
 
