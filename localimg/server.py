@@ -38,13 +38,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # After a second signal: how long the app's own shutdown may take (its jobs are aborted, so the worker stops at its
 # next denoising step) before the process exits without it.
 FORCED_SHUTDOWN_S = 3.0
-# Library warnings that tell an operator nothing to act on, dropped by (logger, text).
-LIBRARY_NOISE = (
-    # Pipelines declare CLIP/SigLIP image processors (safety checker, IP-adapters) that the server never runs.
-    ("transformers.utils.import_utils", "requires torchvision (not installed)"),
-    # diffusers warns at every dtype cast of a model, also when no module of it must stay in float32 (the []).
-    ("diffusers.models.modeling_utils", "should be kept in float32: []"),
-)
 # The exit status after the device failed for good (engine.device_failure): a supervisor's restart brings up a
 # fresh CUDA context, which nothing inside this process can.
 DEVICE_FAILED_EXIT_STATUS = 3
@@ -88,8 +81,8 @@ def build_app(
         # format and with the request they belong to, instead of a handler of their own.
         library.disable_default_handler()
         library.enable_propagation()
-    for name, text in LIBRARY_NOISE:
-        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+    for name, noise in LIBRARY_NOISE.items():
+        logging.getLogger(name).addFilter(noise)  # the same filter object: added once however often this runs
     device = resolve_device(settings.device)
     log.info("device: %s (%s)", device.kind, device.name)
     for spec in registry:  # file checks only: say now what a request would find out later
@@ -229,6 +222,24 @@ def run(settings: Settings) -> None:
     _draining_server(config, engine, settings.drain_timeout_s).run(sockets=[listener])
     if engine.device_failure is not None:
         raise SystemExit(DEVICE_FAILED_EXIT_STATUS)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# Library warnings that tell an operator nothing to act on, by the logger that writes them.
+LIBRARY_NOISE = {
+    # Pipelines declare CLIP/SigLIP image processors (safety checker, IP-adapters) that the server never runs.
+    "transformers.utils.import_utils": _DropMessages("requires torchvision (not installed)"),
+    # diffusers warns at every dtype cast of a model, also when no module of it must stay in float32 (the []).
+    "diffusers.models.modeling_utils": _DropMessages("should be kept in float32: []"),
+}
 
 
 def configure_logging(level: str) -> None:

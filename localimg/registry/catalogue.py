@@ -181,12 +181,14 @@ class Registry:
     @classmethod
     def load(cls, path: Path) -> Registry:
         try:
-            # utf-8-sig: a byte-order mark (some Windows editors write one) is not TOML, and invisible in an editor.
-            text = path.read_text(encoding="utf-8-sig")
+            raw = path.read_bytes()
         except OSError as exc:
             raise RegistryError(f"{path}: cannot read the model registry ({exc.strerror})") from exc
+        try:
+            # utf-8-sig: a byte-order mark (some Windows editors write one) is not TOML, and invisible in an editor.
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            line = raw[: exc.start].count(b"\n") + 1
             raise RegistryError(f"{path}: line {line} is not UTF-8 text; save the file as UTF-8") from exc
         try:
             data = tomllib.loads(text)

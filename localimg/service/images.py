@@ -62,6 +62,9 @@ class ImageService:
         self.store = store
         self.transparency = transparency or TransparencyStage(KeyColourMatting())
         self.input_limits = input_limits or InputLimits()
+        # A model sees a reference image at most at the output's size, so each is scaled down to this as it is
+        # decoded: sixteen large photos would otherwise all be held at full size (gigabytes) until the job is done.
+        self._reference_pixels = max(spec.limits.max_pixels for spec in registry)
         self._random_seed = random_seed
         self._clock = clock
         self._has_weights = has_weights  # a file check: whether a model (or alias) is listed in /v1/models
@@ -84,10 +87,8 @@ class ImageService:
 
         def decode_and_plan() -> ImageJob:
             first, *references = images
-            # A model sees a reference at most at the output's size, so each is scaled down as it is decoded:
-            # sixteen large photos would otherwise all be held at full size (gigabytes) until the job is done.
-            most_pixels = max(spec.limits.max_pixels for spec in self.registry)
-            inputs = [self._decode(first), *(self._decode(upload, max_pixels=most_pixels) for upload in references)]
+            limit = self._reference_pixels
+            inputs = [self._decode(first), *(self._decode(upload, max_pixels=limit) for upload in references)]
             mask_input = self._decode(mask) if mask else None
             return plan_edit(request, inputs, mask_input, self.registry, self._random_seed)
 
