@@ -201,34 +201,32 @@ class ImageService:
         encoded = await asyncio.to_thread(lambda: [base64.b64encode(data).decode("ascii") for data in files])
         return [ImageData(b64_json=text, revised_prompt=revised) for text in encoded]
 
-    @staticmethod
-    def _gpt_image_fields(job: ImageJob, prompt_tokens: int) -> dict[str, object]:
+    @classmethod
+    def _gpt_image_fields(cls, job: ImageJob, prompt_tokens: int) -> dict[str, object]:
         """DALL·E responses carry only `created` and `data`; gpt-image ones echo the resolved settings."""
         if job.api_style != "gpt-image":
             return {}
+        return {
+            "background": job.output.background,
+            "output_format": job.output.format,
+            "quality": job.quality,
+            "size": str(job.size),
+            "usage": cls._usage(job, prompt_tokens),
+            "safety_identifier": job.safety_identifier,
+        }
+
+    @staticmethod
+    def _usage(job: ImageJob, prompt_tokens: int) -> Usage:
+        """The whole job's usage: the same whether it is streamed or not."""
         output_tokens = image_tokens(job.size) * job.plan.n
         input_tokens = prompt_tokens + job.input_image_tokens
-        usage = Usage(
+        return Usage(
             input_tokens=input_tokens,
             input_tokens_details=InputTokensDetails(text_tokens=prompt_tokens, image_tokens=job.input_image_tokens),
             output_tokens=output_tokens,
             output_tokens_details=OutputTokensDetails(text_tokens=0, image_tokens=output_tokens),
             total_tokens=input_tokens + output_tokens,
         )
-        return {
-            "background": job.output.background,
-            "output_format": job.output.format,
-            "quality": job.quality,
-            "size": str(job.size),
-            "usage": usage,
-            "safety_identifier": job.safety_identifier,
-        }
-
-    def _usage(self, job: ImageJob, prompt_tokens: int) -> Usage:
-        """The whole job's usage, counted as in the non-streaming response."""
-        usage = self._gpt_image_fields(job, prompt_tokens)["usage"]
-        assert isinstance(usage, Usage)
-        return usage
 
 
 @dataclass(frozen=True)
