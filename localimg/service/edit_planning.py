@@ -9,7 +9,8 @@ this module adds what only image inputs have:
   edit runs the family's inpainting path, and every pixel outside the region is copied back from the original
   afterwards (`ImageJob.keep`).
 - **`size="auto"`** (or omitted) follows the first image: its own size when the model allows it, otherwise
-  scaled into the model's limits with the same aspect ratio, sides rounded to the model's multiple.
+  scaled into the model's limits, with sides in the model's multiple that keep its aspect ratio (within 2 %) where
+  any near its size do.
 - **Another aspect ratio** (an explicit size, or limits the input's shape exceeds): the input and its mask are
   centre-cropped to the output's aspect, as variations are, never visibly stretched (`cover_box`).
 - **`input_fidelity`** picks how far the result may move from the first image (diffusers' `strength`):
@@ -117,7 +118,7 @@ def plan_edit(
     region_at_size = _region_to_edit(first, mask, style, size, crop)
     quality = resolve_quality(request.quality, style, spec)
     original = _cover(first, size, crop)
-    cutout = style == "gpt-image" and is_cutout(original)
+    cutout = style == "gpt-image" and is_cutout(first)  # as sent, so the answer does not depend on `size`
     output = resolve_output(
         request.output_format, request.output_compression, request.background, style, request.prompt, cutout=cutout
     )
@@ -188,21 +189,38 @@ def plan_variation(
 def size_for_input(input_size: tuple[int, int], spec: ModelSpec) -> ImageSize:
     """The output size for `size="auto"`: the input's own size when the model and the API allow it, otherwise the
     input's aspect ratio (at most 3:1, as any size must be; the edit crops the rest) scaled into the model's
-    limits, with both sides rounded to the model's multiple."""
+    limits: of the sizes near that with sides in the model's multiples, the nearest in area whose aspect is within
+    `ASPECT_TOLERANCE` of the input's (so that the input is scaled whole, not cropped), else the nearest in aspect."""
     width, height = input_size
     width, height = min(width, MAX_ASPECT * height), min(height, MAX_ASPECT * width)
     limits = spec.limits
     step = math.lcm(16, limits.multiple_of)
     scale = min(1.0, math.sqrt(limits.max_pixels / (width * height)), limits.max_side / max(width, height))
     scale = max(scale, limits.min_side / min(width, height))
-    # Nearest multiple, then down one multiple at a time if rounding pushed a side, the area or the aspect past a limit.
-    sides = [max(step, round(side * scale / step) * step) for side in (width, height)]
-    while (
-        sides[0] * sides[1] > limits.max_pixels or max(sides) > limits.max_side or max(sides) > MAX_ASPECT * min(sides)
-    ):
-        i = 0 if sides[0] >= sides[1] else 1
-        sides[i] -= step
-    return ImageSize(*sides)
+    target_width, target_height = width * scale, height * scale
+    ratio = target_width / target_height
+
+    def fits(size: ImageSize) -> bool:
+        return limits.fits(size) and max(size.width, size.height) <= MAX_ASPECT * min(size.width, size.height)
+
+    def cost(size: ImageSize) -> tuple[float, float]:
+        stretch = abs(math.log(size.width / size.height / ratio))
+        area = abs(math.log(size.pixels / (target_width * target_height)))
+        return max(0.0, stretch - math.log(ASPECT_TOLERANCE)), area
+
+    # Rounding each side on its own can miss the aspect by more than the tolerance on a small input (300x200 made
+    # 304x192, 5.5 % off, and lost rows to the crop), so widths within 10 % either way each try both heights.
+    widths = range(
+        max(step, math.floor(0.9 * target_width / step) * step), math.ceil(1.1 * target_width / step) * step + 1, step
+    )
+    candidates = [
+        ImageSize(w, h)
+        for w in widths
+        for h in {max(step, math.floor(w / ratio / step) * step), max(step, math.ceil(w / ratio / step) * step)}
+    ]
+    fitting = [size for size in candidates if fits(size)]
+    # Only limits that contradict each other leave nothing near the input's shape; the default size always fits.
+    return min(fitting, key=cost) if fitting else spec.default_size
 
 
 def _model_for_images(images: Sequence[InputImage], spec: ModelSpec, registry: Registry) -> ModelSpec:
