@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,8 +29,10 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from localimg.backends.device import parse_device
 from localimg.cli import serve_settings
 from localimg.config import Settings
+from localimg.errors import RegistryError
 from localimg.server import (
     DEVICE_FAILED_EXIT_STATUS,
     build_app,
@@ -80,7 +83,7 @@ class ImageServer:
     async def __serve_build_asgi_app__(self) -> FastAPI:
         configure_logging(self._settings.log_level)
         store = SharedImageStore(self._files)
-        app = build_app(self._settings, store=store, serve_while_loading=False, device_share=self._device_share)
+        app = build_app(self._settings, store=store, behind_serve=True, device_share=self._device_share)
         self._watch = asyncio.create_task(_end_when_the_device_fails(app.state.service.engine))
         return app
 
@@ -106,7 +109,10 @@ class ReplicaShape:
 def app(args: Mapping[str, object]) -> Application:
     """The Serve application builder (`serve run localimg.ray_serve:app key=value ...`, or `import_path` and
     `args` in a Serve config file)."""
-    settings, shape = parse_args(args)
+    try:
+        settings, shape = parse_args(args)
+    except (ValueError, RegistryError) as exc:  # Serve prints the traceback: one, whose last line is the mistake
+        raise ValueError(str(exc)) from None
     files = serve.deployment(
         ImageStore, name="image-files", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )  # each call takes a millisecond or two; Serve's default of 5 at a time would queue links behind each other
@@ -124,37 +130,48 @@ def app(args: Mapping[str, object]) -> Application:
 
 def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
     """The server's settings and the replicas' shape, checked here (models.toml included) so that a mistake is
-    one clear error before any replica starts. Raises ValueError."""
+    one clear error before any replica starts. Raises ValueError or RegistryError."""
     options = {str(key).replace("_", "-"): value for key, value in args.items()}
     for key, where in _SERVE_OWNS.items():
         if key in options:
             raise ValueError(f"{key}: Ray Serve's proxy listens for the replicas; set {where} in the Serve config")
     replicas = _replicas(options.pop("replicas", 1))
     cpus = _number("cpus-per-replica", options.pop("cpus-per-replica", 1))
-    gpus = options.pop("gpus-per-replica", None)
-    settings = serve_settings(options)
-    device = settings.device.strip().lower()
-    if gpus is None:  # Ray schedules GPUs by CUDA device only
-        gpus = 0 if device in ("cpu", "mps") else 1
-    shape = ReplicaShape(replicas=replicas, cpus=cpus, gpus=_number("gpus-per-replica", gpus))
-    if shape.gpus > 1:
-        raise ValueError(f"gpus-per-replica must be at most 1 (a replica runs on one GPU), got {gpus!r}")
-    if shape.gpus and device.startswith("cuda:") and device != "cuda:0":
-        raise ValueError(f"device={settings.device}: each replica sees only the GPU Ray gives it; use device=cuda")
-    # Replicas run in other working directories, perhaps on other machines: the config is named absolutely.
+    gpus_given = options.pop("gpus-per-replica", None)
     # Host and port are the proxy's (http_options): LOCALIMG_HOST/PORT, as the Docker image sets them, do not apply.
     defaults = Settings()
-    settings = replace(settings, config=Path(settings.config).resolve(), host=defaults.host, port=defaults.port)
+    settings = serve_settings({**options, "host": defaults.host, "port": defaults.port})
     check_settings(settings)
+    kind, index = parse_device(settings.device)
+    gpus = (0 if kind in ("cpu", "mps") else 1) if gpus_given is None else _number("gpus-per-replica", gpus_given)
+    _check_device(settings.device, kind, index, gpus)
+    shape = ReplicaShape(replicas=replicas, cpus=cpus, gpus=gpus)
+    # Replicas run in other working directories, perhaps on other machines: the config is named absolutely.
+    settings = replace(settings, config=Path(settings.config).resolve())
     preload_list(settings.preload, load_registry(settings))
     return settings, shape
 
 
+def _check_device(device: str, kind: str, index: int | None, gpus: float) -> None:
+    """Ray hands GPUs out by CUDA device: a replica sees only the ones it reserved, as cuda:0."""
+    if gpus > 1:
+        raise ValueError(f"gpus-per-replica must be at most 1 (a replica runs on one GPU), got {gpus:g}")
+    if index:
+        raise ValueError(f"device={device}: each replica sees only the GPU Ray gives it; use device=cuda")
+    if kind in ("cpu", "mps") and gpus:
+        raise ValueError(f"gpus-per-replica must be 0 with device={kind}: Ray schedules GPUs by CUDA device only")
+    if kind == "cuda" and not gpus:
+        raise ValueError("device=cuda needs gpus-per-replica > 0: a replica that reserves no GPU sees none")
+
+
 def _replicas(value: object) -> int | str:
-    if str(value).lower() == "auto":
+    if str(value).strip().lower() == "auto":
         return "auto"
-    number = _number("replicas", value)
-    if number < 1 or number != int(number):
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = math.nan
+    if not (1 <= number < math.inf and number.is_integer()):
         raise ValueError(f"replicas must be a whole number >= 1 or auto, got {value!r}")
     return int(number)
 
@@ -164,6 +181,6 @@ def _number(name: str, value: object) -> float:
         number = float(str(value))
     except ValueError:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not number >= 0 or number == float("inf"):
+    if not 0 <= number < math.inf:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return number

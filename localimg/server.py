@@ -52,12 +52,12 @@ def build_app(
     settings: Settings,
     *,
     store: ImageStorage | None = None,
-    serve_while_loading: bool = True,
+    behind_serve: bool = False,
     device_share: float = 1.0,
 ) -> FastAPI:
     """The whole server for one device. `store` holds the images returned by URL (default: this process's
-    memory); `serve_while_loading`: see create_app; `device_share`: the part of a CUDA device this server has
-    (Ray replicas sharing a GPU), which scales the default memory budget."""
+    memory); `behind_serve`: a Ray Serve replica (see create_app); `device_share`: the part of a CUDA device this
+    server has (Ray replicas sharing a GPU), which scales the default memory budget."""
     registry = load_registry(settings)
     preload = preload_list(settings.preload, registry)  # a wrong name fails before seconds of imports
     log.info(
@@ -110,7 +110,7 @@ def build_app(
         transparency=transparency,
         has_weights=lambda spec: weights_problem(spec) is None,
     )
-    return create_app(settings, service, preload=preload, serve_while_loading=serve_while_loading)
+    return create_app(settings, service, preload=preload, behind_serve=behind_serve)
 
 
 def engine_config(settings: Settings, memory_budget_bytes: int | None) -> EngineConfig:
@@ -126,7 +126,13 @@ def engine_config(settings: Settings, memory_budget_bytes: int | None) -> Engine
 
 def check_settings(settings: Settings) -> None:
     """Refuse settings that are unsafe or malformed before anything loads; ValueError with one clear line."""
+    from localimg.backends.device import DeviceUnavailableError, parse_device
     from localimg.service.warmup import parse_sizes
+
+    try:
+        parse_device(settings.device)
+    except DeviceUnavailableError as exc:
+        raise ValueError(f"--device: {exc.message}") from None
 
     if not settings.api_key_hashes and not settings.insecure and not _is_loopback(settings.host):
         raise ValueError(

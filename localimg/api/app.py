@@ -29,18 +29,17 @@ from localimg.service.warmup import warm_up
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    settings: Settings, service: ImageService, preload: list[str], *, serve_while_loading: bool = True
-) -> FastAPI:
+def create_app(settings: Settings, service: ImageService, preload: list[str], *, behind_serve: bool = False) -> FastAPI:
     """Build the app. `preload` models are loaded on the worker after start-up: meanwhile /ready answers 503
-    and requests are taken (they wait for their model), or, without `serve_while_loading`, start-up itself
-    waits for them (a Ray Serve replica, which gets no traffic until its start-up is done)."""
+    and requests are taken (they wait for their model). `behind_serve`: a Ray Serve replica, whose start-up
+    itself waits for them (it gets no traffic until its start-up is done) and whose requests come with the id
+    Serve's proxy gave them."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(preload_and_warm_up(app, service, preload))
         try:
-            if not serve_while_loading:
+            if behind_serve:
                 await asyncio.shield(loading)
             yield
         finally:
@@ -74,7 +73,7 @@ def create_app(
             expose_headers=["x-request-id", "retry-after", "retry-after-ms"],
         )
     app.add_middleware(ArrivingRequestsMiddleware, engine=service.engine)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, proxy_ids=behind_serve)
     return app
 
 
@@ -127,17 +126,22 @@ PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 class RequestIdMiddleware:
     """Gives every request an id (`x-request-id` on every response, and in the logs), sets the request context
     (request id; client = remote address, until an API key names it) and logs one line per request, naming the
-    error when it failed."""
+    error when it failed.
 
-    def __init__(self, app: ASGIApp) -> None:
+    With `proxy_ids` (behind Ray Serve's proxy) the id is the one the proxy put on the request, and the proxy adds
+    it to the response: one id in the header, the proxy's log and this server's log, not two unrelated ones."""
+
+    def __init__(self, app: ASGIApp, *, proxy_ids: bool = False) -> None:
         self.app = app
+        self._proxy_ids = proxy_ids
         self._probe_status: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req_{uuid.uuid4().hex}"
+        proxy_id = _header(scope, b"x-request-id") if self._proxy_ids else None
+        request_id = loggable(proxy_id[:_MAX_ID_LENGTH]) if proxy_id else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
         request_context.request_id.set(request_id)
         client = scope.get("client")
@@ -151,13 +155,20 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+                message["headers"] = headers if proxy_id else [*headers, (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body" and status >= 400 and error_code is None:
                 error_code = _error_code(message.get("body", b""))
             await send(message)
 
+        async def receive_or_disconnect() -> Message:
+            try:
+                return await receive()
+            except Exception as exc:  # the connection was lost under the server (Serve's proxy ended mid-stream)
+                log.info("connection lost (%s); handled as a client disconnect", type(exc).__name__)
+                return {"type": "http.disconnect"}
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_or_disconnect, send_with_id)
         except ClientDisconnect:  # gone while its body was being read: nobody to answer, nothing went wrong here
             status = 499
         except Exception:
@@ -179,6 +190,17 @@ class RequestIdMiddleware:
                 scope["method"], loggable(path), status, f" error={error_code}" if error_code else "",
                 1000 * (time.perf_counter() - started), request_context.client_id.get(),
             )  # fmt: skip
+
+
+# A client may choose the id Serve's proxy uses (its own x-request-id): it goes into log lines, so it is bounded.
+_MAX_ID_LENGTH = 128
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _error_code(body: bytes) -> str | None:

@@ -129,16 +129,23 @@ class ResolvedDevice(DeviceInfo):
         return f"{self.kind}:{self.index}" if self.index is not None else self.kind
 
 
-def resolve_device(requested: str) -> ResolvedDevice:
-    """`"auto"` picks cuda, then mps, then cpu; an explicit device that is not available raises."""
-    import torch
-
+def parse_device(requested: str) -> tuple[str, int | None]:
+    """The kind ("auto", "cuda", "mps", "cpu") and CUDA index a device setting names, checked for form only (no
+    torch: settings are checked before anything heavy is imported). Raises DeviceUnavailableError."""
     match = _REQUEST.match(requested.strip().lower())
     if match is None:
         raise DeviceUnavailableError(f"unknown device {requested!r}; expected one of {', '.join(DEVICE_CHOICES)}")
     kind, index_text = match[1], match[2]
     if index_text is not None and kind != "cuda":
         raise DeviceUnavailableError(f"device {requested!r}: only cuda devices take an index (cuda:N)")
+    return kind, None if index_text is None else int(index_text)
+
+
+def resolve_device(requested: str) -> ResolvedDevice:
+    """`"auto"` picks cuda, then mps, then cpu; an explicit device that is not available raises."""
+    import torch
+
+    kind, index = parse_device(requested)
     if kind == "auto":
         if torch.cuda.is_available():
             kind = "cuda"
@@ -151,7 +158,8 @@ def resolve_device(requested: str) -> ResolvedDevice:
         if not torch.cuda.is_available():
             build = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
             raise DeviceUnavailableError(f"device {requested!r} requested but CUDA is not available ({build})")
-        index = int(index_text) if index_text is not None else torch.cuda.current_device()
+        if index is None:
+            index = torch.cuda.current_device()
         count = torch.cuda.device_count()
         if index >= count:
             raise DeviceUnavailableError(f"device {requested!r} requested but only {count} CUDA device(s) exist")

@@ -141,6 +141,8 @@ def test_errors_keep_openais_shape(ray_client: OpenAI) -> None:
         ray_client.images.generate(model="tiny-flux", prompt="a lighthouse", size="100x100")
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == "size"  # type: ignore[index]
+    # One id, the proxy's, which the replica's log lines carry too (not "req_…, <Serve's uuid>").
+    assert caught.value.response.headers.get_list("x-request-id") == [caught.value.request_id]
 
 
 def test_metrics_and_health_answer(ray_root: str) -> None:

@@ -109,20 +109,20 @@ class SlowLoadingBackend(StandInBackend):
         super().load()
 
 
-@pytest.mark.parametrize("serve_while_loading", [True, False])
-def test_start_up_waits_for_the_preload_only_when_asked(serve_while_loading: bool):
+@pytest.mark.parametrize("behind_serve", [False, True])
+def test_start_up_waits_for_the_preload_only_behind_serve(behind_serve: bool):
     """A Ray Serve replica gets traffic once its start-up is done, so there start-up waits for the preloaded
     models; the single server starts at once and answers /ready 503 meanwhile."""
     service = one_model_service(SlowLoadingBackend(name="m", steps=1))
     engine = service.engine
-    app = create_app(Settings(), service, preload=["m"], serve_while_loading=serve_while_loading)
+    app = create_app(Settings(), service, preload=["m"], behind_serve=behind_serve)
 
     async def scenario() -> tuple[bool, bool]:
         async with app.router.lifespan_context(app):
             return app.state.ready, engine.is_loaded("m")
 
     ready, loaded = asyncio.run(asyncio.wait_for(scenario(), 20))
-    assert (ready, loaded) == ((False, False) if serve_while_loading else (True, True))
+    assert (ready, loaded) == ((True, True) if behind_serve else (False, False))
 
 
 def test_health_and_ready_turn_503_once_the_device_has_failed():

@@ -9,6 +9,7 @@ import pytest
 
 from localimg.cli import serve_settings
 from localimg.ray_serve import ReplicaShape, parse_args
+from localimg.ray_serve import app as ray_serve_app
 
 CONFIG = Path(__file__).resolve().parents[2] / "models.toml"
 
@@ -38,12 +39,17 @@ def test_options_are_parsed_as_on_the_command_line(monkeypatch: pytest.MonkeyPat
         ({"host": "0.0.0.0"}, "http_options.host"),
         ({"replicas": 0}, "replicas must be a whole number"),
         ({"replicas": 2.5}, "replicas must be a whole number"),
-        ({"replicas": "several"}, "replicas must be a number"),
+        ({"replicas": "several"}, "replicas must be a whole number >= 1 or auto"),
+        ({"replicas": -1}, "replicas must be a whole number >= 1 or auto"),
         ({"gpus-per-replica": -1}, "gpus-per-replica must be a number >= 0"),
         ({"cpus_per_replica": "nan"}, "cpus-per-replica must be a number >= 0"),
         ({"preload": "no-such-model"}, "--preload: unknown model 'no-such-model'"),
         ({"gpus-per-replica": 2}, "gpus-per-replica must be at most 1"),
         ({"device": "cuda:1"}, "use device=cuda"),  # Ray hands each replica one GPU, its cuda:0
+        ({"device": "cuda:1", "gpus-per-replica": 0}, "use device=cuda"),
+        ({"device": "tpu"}, "--device: unknown device 'tpu'"),  # not only when each replica starts, and fails
+        ({"device": "cpu", "gpus-per-replica": 0.5}, "gpus-per-replica must be 0 with device=cpu"),
+        ({"device": "cuda", "gpus-per-replica": 0}, "device=cuda needs gpus-per-replica > 0"),
         ({"insecure": "ture"}, "--insecure is a switch: true or false"),
     ],
 )
@@ -63,7 +69,17 @@ def test_replica_shape_defaults_to_one_gpu_each_unless_the_device_is_not_cuda():
 def test_a_cpu_device_from_the_environment_also_means_no_gpu(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LOCALIMG_DEVICE", "cpu")
     assert parse_args({"config": str(CONFIG)})[1].gpus == 0
-    assert parse_args({"config": str(CONFIG), "gpus-per-replica": 0.5})[1].gpus == 0.5
+    assert parse_args({"config": str(CONFIG), "device": "auto", "gpus-per-replica": 0.5})[1].gpus == 0.5
+
+
+def test_the_builder_raises_one_error_without_the_chain_behind_it(tmp_path: Path):
+    """Serve prints the builder's traceback: a chained one ("the above exception was the direct cause") doubles it."""
+    broken = tmp_path / "models.toml"
+    broken.write_text("[models.x\n")
+    with pytest.raises(ValueError) as info:
+        ray_serve_app({"config": str(broken)})
+    assert "not valid TOML" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_null_means_the_default_and_a_tuple_is_a_list():
@@ -77,7 +93,7 @@ def test_null_means_the_default_and_a_tuple_is_a_list():
 def test_the_docker_images_host_does_not_apply_to_replicas(monkeypatch: pytest.MonkeyPatch):
     """LOCALIMG_HOST=0.0.0.0 (set in Dockerfile.cuda) would demand an API key for an address Ray never binds."""
     monkeypatch.setenv("LOCALIMG_HOST", "0.0.0.0")
-    monkeypatch.setenv("LOCALIMG_PORT", "8000")
+    monkeypatch.setenv("LOCALIMG_PORT", "not-a-port")  # not read at all
     settings, _ = parse_args({"config": str(CONFIG)})
     assert settings.host == "127.0.0.1"
 
