@@ -104,4 +104,13 @@ def one_model_service(backend: StandInBackend | None = None, **options: Any) -> 
     return ImageService(registry, engine, ImageStore(ttl_s=60), **options)
 
 
-__all__ = ["GenerationError", "StandInBackend", "colour", "one_model_service", "plan"]
+def http_scope(path: str, content_type: bytes) -> dict[str, Any]:
+    """The ASGI scope of a POST from 127.0.0.1, for tests that drive the app with their own receive and send."""
+    return {
+        "type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [(b"content-type", content_type)], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+        "scheme": "http", "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"},
+    }  # fmt: skip
+
+
+__all__ = ["GenerationError", "StandInBackend", "colour", "http_scope", "one_model_service", "plan"]

@@ -13,7 +13,7 @@ import pytest
 from localimg.api.app import create_app
 from localimg.config import Settings
 from localimg.request_context import RequestIdFilter
-from tests.service.standin import StandInBackend, one_model_service
+from tests.service.standin import StandInBackend, http_scope, one_model_service
 
 
 def request_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -118,10 +118,7 @@ def test_a_connection_lost_under_a_stream_is_a_disconnect_not_an_error(caplog: p
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "raw_path": b"/v1/images/generations",
-             "query_string": b"", "headers": [(b"content-type", b"application/json")],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": "",
-             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+    scope = http_scope("/v1/images/generations", b"application/json")
     try:
         with caplog.at_level(logging.INFO):
             asyncio.run(asyncio.wait_for(app(scope, receive, send), 20))

@@ -11,7 +11,7 @@ import pytest
 
 from localimg.api.app import create_app
 from localimg.config import Settings
-from tests.service.standin import one_model_service
+from tests.service.standin import http_scope, one_model_service
 
 
 def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptureFixture):
@@ -60,10 +60,7 @@ def test_a_client_gone_mid_upload_is_a_499_line_not_an_error(caplog: pytest.LogC
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "raw_path": b"/v1/images/edits",
-             "query_string": b"", "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": "",
-             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+    scope = http_scope("/v1/images/edits", b"multipart/form-data; boundary=b")
     try:
         with caplog.at_level(logging.INFO):
             asyncio.run(app(scope, receive, send))
