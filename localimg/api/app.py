@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -140,7 +141,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        proxy_id = _header(scope, b"x-request-id") if self._proxy_ids else None
+        proxy_id = Headers(scope=scope).get("x-request-id") if self._proxy_ids else None
         request_id = loggable(proxy_id[:_MAX_ID_LENGTH]) if proxy_id else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
         request_context.request_id.set(request_id)
@@ -194,13 +195,6 @@ class RequestIdMiddleware:
 
 # A client may choose the id Serve's proxy uses (its own x-request-id): it goes into log lines, so it is bounded.
 _MAX_ID_LENGTH = 128
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _error_code(body: bytes) -> str | None:
