@@ -35,9 +35,10 @@ async def ready(request: Request) -> JSONResponse:
     failed = [name for name in request.app.state.preloaded if engine.load_error(name) is not None]
     if failed:
         # Probes keep coming while clients are kept away, so they drive the retries: one at a time, each within
-        # the engine's back-off (so at most one load attempt per model per back-off period).
+        # the engine's back-off (so at most one load attempt per model per back-off period), and never at the
+        # cost of the models serving traffic (a model that does not fit next to them stays unavailable).
         state = request.app.state
         if state.reload is None or state.reload.done():
-            state.reload = asyncio.create_task(engine.preload(failed))
+            state.reload = asyncio.create_task(engine.preload(failed, evict=False))
         return JSONResponse({"status": "unavailable", "models": failed}, status_code=503)
     return JSONResponse({"status": "ready", "in_flight": engine.in_flight})

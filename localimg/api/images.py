@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -13,7 +13,7 @@ from localimg.api.sse import names_events_for, sse_response
 from localimg.errors import NotFoundError
 from localimg.protocol import ErrorResponse, ImageGenerateRequest, ImagesResponse
 from localimg.service.images import ImageService
-from localimg.service.streaming import ImageEvent
+from localimg.service.streaming import JobStream
 
 router = APIRouter(tags=["images"], responses={400: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
 FILES_PATH = "/images/files"
@@ -39,13 +39,19 @@ async def get_image_file(image_id: str, request: Request) -> Response:
     item = await service_of(request).store.get(image_id)
     if item is None:
         raise NotFoundError(f"No image '{image_id}': it never existed or its URL has expired.", code="not_found")
-    return Response(item.data, media_type=item.media_type, headers={"cache-control": "private, max-age=3600"})
+    # Cached no longer than the URL lives (--url-ttl).
+    max_age = max(0, int(item.expires_at - time.time()))
+    return Response(item.data, media_type=item.media_type, headers={"cache-control": f"private, max-age={max_age}"})
 
 
-def sse(events: AsyncGenerator[ImageEvent, None], request: Request) -> StreamingResponse:
-    keepalive_s = request.app.state.settings.sse_keepalive_s
-    named = names_events_for(request.headers)
-    return sse_response(events, keepalive_s=keepalive_s, request_id=request_id_of(request), named=named)
+def sse(stream: JobStream, request: Request) -> StreamingResponse:
+    return sse_response(
+        stream.events(),
+        on_close=stream.cancel,
+        keepalive_s=request.app.state.settings.sse_keepalive_s,
+        request_id=request_id_of(request),
+        named=names_events_for(request.headers),
+    )
 
 
 def files_url(request: Request) -> str:

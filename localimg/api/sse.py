@@ -5,19 +5,21 @@ One client gets frames without the `event:` line: openai-python 1.97.0-1.97.1's 
 `response.*` / `transcript.*` names or none, so `event: image_generation.*` reached `async for` as `type=None`
 (its sync Stream and every later SDK accept both). Those versions say who they are in `x-stainless-*` headers.
 
-Errors before the first byte (validation, planning) never get here: routes resolve the job first, so those are
-normal HTTP errors. When the client disconnects, Starlette cancels the task iterating these frames; the
-cancellation reaches the event source, which cancels its engine job.
+Errors before the first byte (validation, planning, admission) never get here: routes resolve and submit the job
+first, so those are normal HTTP errors. When the client disconnects, Starlette cancels the task iterating these
+frames; the cancellation reaches the event source, which cancels its engine job. The response's `on_close` drops
+the job however the response ends, also when the frames were never read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from localimg.errors import LocalImgError
 from localimg.protocol import ErrorBody, ErrorEvent
@@ -98,11 +100,28 @@ async def _next(events: AsyncGenerator[ImageEvent, None]) -> ImageEvent:
     return await anext(events)
 
 
+class EventStreamResponse(StreamingResponse):
+    """`text/event-stream` frames; `on_close` runs once the response is over, however it ends."""
+
+    def __init__(self, frames: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 def sse_response(
-    events: AsyncGenerator[ImageEvent, None], *, keepalive_s: float, request_id: str | None, named: bool = True
-) -> StreamingResponse:
-    return StreamingResponse(
-        sse_frames(events, keepalive_s=keepalive_s, request_id=request_id, named=named),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
+    events: AsyncGenerator[ImageEvent, None],
+    *,
+    on_close: Callable[[], None],
+    keepalive_s: float,
+    request_id: str | None,
+    named: bool = True,
+) -> EventStreamResponse:
+    return EventStreamResponse(
+        sse_frames(events, keepalive_s=keepalive_s, request_id=request_id, named=named), on_close
     )

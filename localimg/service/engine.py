@@ -120,12 +120,16 @@ class Engine:
     def load_error(self, model: str) -> str | None:
         return self._residency.load_error(model)
 
-    async def preload(self, models: list[str]) -> None:
+    async def preload(self, models: list[str], *, evict: bool = True) -> None:
         """Load `models` on the worker, one after another. A model that fails is logged and remembered
-        (`load_error`); requests for it get a clear error, and the others still load."""
+        (`load_error`); requests for it get a clear error, and the others still load. Without `evict`, a model
+        that runs out of memory next to the resident ones fails rather than unloading them: a retry no client
+        asked for must not take away the models serving traffic."""
         for name in models:
             with contextlib.suppress(ModelUnavailableError):
-                await asyncio.wrap_future(self._on_worker(lambda name=name: self._residency.acquire(name)))
+                await asyncio.wrap_future(
+                    self._on_worker(lambda name=name: self._residency.acquire(name, evict_on_oom=evict))
+                )
 
     async def generate(
         self,
@@ -135,12 +139,25 @@ class Engine:
         client: str | None = None,
         usage_prompt: str | None = None,
     ) -> GenerationResult:
-        """Run `plan` for `client` (default: the current request's client, see request_context).
+        """Run `plan` and return its result: `submit` and await the task."""
+        return await self.submit(plan, on_step, client=client, usage_prompt=usage_prompt)
+
+    def submit(
+        self,
+        plan: GenerationPlan,
+        on_step: StepCallback | None = None,
+        *,
+        client: str | None = None,
+        usage_prompt: str | None = None,
+    ) -> asyncio.Task[GenerationResult]:
+        """Admit `plan` for `client` (default: the current request's client, see request_context) now, in one
+        step with the admission check (raising what `check_admission` raises), and return the task that awaits
+        its result. A stream submits before its first byte, so that a refusal is a plain HTTP error.
 
         The result's `prompt_tokens` counts `usage_prompt` (default: the plan's prompt): the client's own words
-        when the service added some of its own. If the awaiting task is cancelled (client gone) the job is
-        dropped, and its backend call stops at the next step once no other job shares it. Past the request
-        timeout it raises RequestTimeoutError."""
+        when the service added some of its own. Cancelling the task (client gone) drops the job, and its backend
+        call stops at the next step once no other job shares it. Past the request timeout the task raises
+        RequestTimeoutError."""
         self.check_admission()
         job = Job(
             plan,
@@ -150,25 +167,30 @@ class Engine:
             usage_prompt=plan.prompt if usage_prompt is None else usage_prompt,
         )
         self._in_flight += 1
+        with self._cond:
+            self._queue.push(job)
+            self.metrics.waiting.set(len(self._queue))
+            self._cond.notify_all()
+        task = asyncio.ensure_future(self._result_of(job))
+        # A callback, not a `finally` in the task: a task cancelled before its first step never runs its body.
+        task.add_done_callback(lambda done: self._answered(job, done))
+        return task
+
+    async def _result_of(self, job: Job) -> GenerationResult:
         try:
-            with self._cond:
-                self._queue.push(job)
-                self.metrics.waiting.set(len(self._queue))
-                self._cond.notify_all()
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(job.future), self.config.request_timeout_s)
-            except asyncio.TimeoutError:
-                self._cancel(job, "timeout")
-                raise RequestTimeoutError(
-                    f"The request did not finish within the server's timeout of {self.config.request_timeout_s:g} "
-                    "seconds and was cancelled. Try fewer images, a smaller size or a lower quality.",
-                    code="request_timeout",
-                ) from None
-            except asyncio.CancelledError:
-                self._cancel(job, "client")
-                raise
-        finally:
-            self._in_flight -= 1
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            self._cancel(job, "timeout")
+            raise RequestTimeoutError(
+                f"The request did not finish within the server's timeout of {self.config.request_timeout_s:g} "
+                "seconds and was cancelled. Try fewer images, a smaller size or a lower quality.",
+                code="request_timeout",
+            ) from None
+
+    def _answered(self, job: Job, task: asyncio.Task[GenerationResult]) -> None:
+        self._in_flight -= 1
+        if task.cancelled():
+            self._cancel(job, "client")
 
     def stop_admission(self) -> None:
         """Refuse new jobs from now on (503); queued and running ones go on. The first step of a shutdown."""
@@ -200,9 +222,8 @@ class Engine:
             self._residency.unload_all()
 
     def check_admission(self) -> None:
-        """Raise what `generate` would refuse a job with now: 503 while shutting down, 429 while the queue is
-        full. Streams call it before their first byte, so that a refusal is a plain HTTP error the SDKs retry
-        rather than an error event inside a 200; uploads call it before decoding."""
+        """Raise what `submit` would refuse a job with now: 503 while shutting down, 429 while the queue is
+        full. Uploads call it before decoding."""
         if self._device_failure is not None:
             self.metrics.rejected.labels("device_failed").inc()
             raise DeviceFailedError(self._device_failure.message)
@@ -252,10 +273,11 @@ class Engine:
                     return
                 else:
                     batch = self._collect_batch()
-                    self._running = batch
                     self.metrics.waiting.set(len(self._queue))
             if control is not None:
                 work, future = control
+                if not future.set_running_or_notify_cancel():
+                    continue  # its waiter is gone (a preload cancelled at shutdown)
                 try:
                     future.set_result(work())
                 except BaseException as exc:  # noqa: BLE001 - delivered to the waiter
@@ -278,6 +300,7 @@ class Engine:
         if head is None:
             return []
         batch = [head]
+        self._running = batch  # grown in place: `abort` sees the jobs held while the window is open
         window = self.config.batch_window_s
         # Alone (no other job admitted, no other request arriving): nothing can join, so waiting would only add
         # the window to its latency. Counts are written on the event loop; a stale read costs one wait at most.

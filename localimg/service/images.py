@@ -7,7 +7,7 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from localimg.protocol import (
 )
 from localimg.service.edit_planning import InputImage, plan_edit, plan_variation
 from localimg.service.planning import SEED_MODULUS, ImageJob, image_tokens, plan_generation
-from localimg.service.streaming import EventPrefix, ImageEvent, JobStream
+from localimg.service.streaming import EventPrefix, JobStream
 from localimg.service.transparency import TransparencyStage
 
 if TYPE_CHECKING:
@@ -150,10 +150,10 @@ class ImageService:
         """Resolve a generations request (raises InvalidRequestError), e.g. before a stream starts."""
         return plan_generation(request, self.registry, self._random_seed)
 
-    def stream(self, requested: ImageJob, event_prefix: EventPrefix) -> AsyncGenerator[ImageEvent, None]:
-        """Run a job planned with `stream` set, as `{event_prefix}.partial_image` / `.completed` events (see
-        service/streaming.py for their order and usage). Domain errors raised while it runs propagate."""
-        self.engine.check_admission()
+    def stream(self, requested: ImageJob, event_prefix: EventPrefix) -> JobStream:
+        """Submit a job planned with `stream` set (a refusal raises here), to be read as
+        `{event_prefix}.partial_image` / `.completed` events (see service/streaming.py for their order and usage).
+        Domain errors raised while it runs propagate from the events."""
         job = self.transparency.prepare(requested)
         plan = job.plan
         log.info(
@@ -161,7 +161,7 @@ class ImageService:
             event_prefix, plan.model, job.size, job.quality, plan.steps, plan.n,
             job.stream.partial_images if job.stream else 0, plan.seeds,
         )  # fmt: skip
-        stream = JobStream(
+        return JobStream(
             self.engine,
             job,
             event_prefix,
@@ -170,7 +170,6 @@ class ImageService:
             finish=lambda image: self.finish(job, image),
             clock=self._clock,
         )
-        return stream.events()
 
     def list_models(self) -> ModelList:
         """The models (names and aliases) a client can use now: those whose weights are on disk. Checked on each

@@ -74,9 +74,10 @@ class ModelResidency:
         failure = self._failures.get(name)
         return None if failure is None else failure.detail
 
-    def acquire(self, name: str) -> ImageBackend:
+    def acquire(self, name: str, *, evict_on_oom: bool = True) -> ImageBackend:
         """The model's backend, loaded; marks it most recently used. Raises ModelUnavailableError with a message
-        for the client (the details are logged)."""
+        for the client (the details are logged). Without `evict_on_oom`, a load that runs out of memory next to
+        the resident models fails instead of unloading them and trying again."""
         backend = self._backends[name]
         if name in self._resident:
             self._resident.move_to_end(name)
@@ -86,7 +87,7 @@ class ModelResidency:
         self._make_room(self._known_size.get(name, 0), keep=name)
         started = time.perf_counter()
         try:
-            self._load(name, backend)
+            self._load(name, backend, evict_on_oom=evict_on_oom)
         except DeviceFailedError:  # not this model's failure: the engine's (no model can be served now)
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a backend raises, the model cannot be served now
@@ -118,7 +119,7 @@ class ModelResidency:
         for name in list(self._resident):
             self._unload(name)
 
-    def _load(self, name: str, backend: ImageBackend) -> None:
+    def _load(self, name: str, backend: ImageBackend, *, evict_on_oom: bool) -> None:
         # The budget is an estimate: when a model does not fit next to the resident ones, free them and try once
         # more. Any other failure (missing or broken weights) leaves the others alone.
         others = [other for other in self._resident if other != name]
@@ -126,7 +127,7 @@ class ModelResidency:
             backend.load()
             return
         except ModelUnavailableError as exc:
-            if exc.code != OUT_OF_MEMORY or not others:
+            if exc.code != OUT_OF_MEMORY or not others or not evict_on_oom:
                 raise
         # Retried outside the except block: its traceback must not keep the failed attempt's memory alive.
         log.warning("model %s does not fit next to %d other model(s); unloading them and retrying", name, len(others))

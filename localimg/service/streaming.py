@@ -95,7 +95,9 @@ class _Preview:
 
 
 class JobStream:
-    """Streams one resolved `ImageJob` through the engine (used once)."""
+    """Streams one resolved `ImageJob` through the engine. The job is submitted when the stream is made, so that
+    a refusal (queue full, shutting down) is raised before any byte of a response; `events` is then iterated
+    once, and `cancel` drops the job when the events are never read (the client left before the first byte)."""
 
     def __init__(
         self,
@@ -110,39 +112,47 @@ class JobStream:
     ) -> None:
         if job.stream is None:
             raise ValueError("the job was not planned for streaming")
-        self._engine = engine
         self._job = job
         self._options = job.stream
         self._prefix = prefix
-        self._usage_prompt = usage_prompt  # the client's prompt, whose tokens `usage` gets
         self._usage = usage  # prompt tokens -> the whole job's usage, as in the non-streaming response
         self._finish = finish  # what the final files get (kept region, matting); previews get it too
         self._clock = clock
+        self._abandoned = False
+        loop = asyncio.get_running_loop()
+        self._previews: asyncio.Queue[_Preview | None] = asyncio.Queue()
+        on_step = self._step_callback(lambda item: loop.call_soon_threadsafe(self._previews.put_nowait, item))
+        # `usage_prompt`: the client's prompt, whose tokens `usage` gets.
+        self._result = engine.submit(job.plan, on_step, usage_prompt=usage_prompt)
+        self._result.add_done_callback(lambda _: self._previews.put_nowait(None))
+
+    def cancel(self) -> None:
+        """Drop the job unless it has finished; idempotent."""
+        if self._result.done():
+            if not self._result.cancelled():
+                self._result.exception()  # an error no event reached must not be logged as "never retrieved"
+        elif not self._abandoned:
+            self._abandoned = True
+            log.info("stream of %s abandoned; cancelling its job at the next step", self._job.plan.model)
+            self._result.cancel()
 
     async def events(self) -> AsyncGenerator[ImageEvent, None]:
         """Partial and completed events in order; domain errors from the engine propagate."""
-        loop = asyncio.get_running_loop()
-        previews: asyncio.Queue[_Preview | None] = asyncio.Queue()
-        on_step = self._step_callback(lambda item: loop.call_soon_threadsafe(previews.put_nowait, item))
-        job = asyncio.ensure_future(self._engine.generate(self._job.plan, on_step, usage_prompt=self._usage_prompt))
-        job.add_done_callback(lambda _: previews.put_nowait(None))
         held: dict[int, list[_Preview]] = {}  # partials of images whose turn has not come
         sent = [0] * self._job.plan.n  # partials sent per image
         try:
-            while (item := await previews.get()) is not None:
+            while (item := await self._previews.get()) is not None:
                 if item.image_index == 0:
                     yield await self._partial(item, sent)
                 else:
                     held.setdefault(item.image_index, []).append(item)
-            result = job.result()
+            result = self._result.result()
             for index, image in enumerate(result.images):
                 for item in held.pop(index, []):
                     yield await self._partial(item, sent)
                 yield await self._completed(index, image, result)
         finally:
-            if not job.done():
-                log.info("stream of %s abandoned; cancelling its job at the next step", self._job.plan.model)
-                job.cancel()
+            self.cancel()
 
     def _step_callback(self, publish: Callable[[_Preview], None]) -> Callable[[StepProgress], None]:
         """Runs on the worker thread: decodes the previews due after this step and publishes them."""

@@ -92,7 +92,7 @@ def plan(seed: int, *, model: str = "m", n: int = 1, width: int = 8, prompt: str
     )  # fmt: skip
 
 
-def one_model_service(backend: StandInBackend | None = None, **options: Any) -> ImageService:
+def one_model_service(backend: StandInBackend | None = None, *, max_queue: int = 64, **options: Any) -> ImageService:
     """The service over one model, `backend` (default: a one-step "m") declared as an SD 1.5 model without weights,
     on an engine that merges no requests. `options` go to ImageService; close `service.engine` when done."""
     backend = backend or StandInBackend(name="m", steps=1)
@@ -100,7 +100,7 @@ def one_model_service(backend: StandInBackend | None = None, **options: Any) -> 
         {"models": {backend.name: {"family": "sd15", "source": {"path": f"/nonexistent/{backend.name}"}}}},
         base_dir=Path("."),
     )
-    engine = Engine({backend.name: backend}, config=EngineConfig(batch_window_s=0.0))
+    engine = Engine({backend.name: backend}, config=EngineConfig(batch_window_s=0.0, max_queue=max_queue))
     return ImageService(registry, engine, ImageStore(ttl_s=60), **options)
 
 

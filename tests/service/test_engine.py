@@ -4,6 +4,7 @@ backend (tests/service/standin.py). Each test runs its own event loop and closes
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 
@@ -498,5 +499,65 @@ def test_any_exception_from_a_load_is_a_clean_unavailable_model():
         with pytest.raises(ModelUnavailableError) as info:
             await engine.generate(plan(1, model="odd"))
         assert info.value.code == "model_load_failed" and "inductor" not in info.value.message
+
+    run(test, engine)
+
+
+def test_a_preload_cancelled_while_loading_leaves_the_worker_serving():
+    """Shutdown during `--preload` cancels the preload while the worker is inside the load: the worker must
+    finish it and go on serving, not die on setting the result of a cancelled future."""
+    backend = StandInBackend()
+    loading, finish_load = threading.Event(), threading.Event()
+    original = backend.load
+
+    def slow_load() -> None:
+        loading.set()
+        assert finish_load.wait(10)
+        original()
+
+    backend.load = slow_load  # type: ignore[method-assign]
+    engine = engine_for(backend, batch_window_s=0.0, request_timeout_s=10)
+
+    async def test() -> None:
+        preload = asyncio.create_task(engine.preload(["m"]))
+        assert await asyncio.to_thread(loading.wait, 10)
+        preload.cancel()
+        await asyncio.sleep(0)
+        finish_load.set()
+        assert pixel(await engine.generate(plan(3))) == colour(3)
+
+    run(test, engine)
+
+
+def test_abort_answers_the_job_held_open_for_the_batch_window_at_once():
+    backend = StandInBackend()
+    engine = engine_for(backend, batch_window_s=5.0, max_batch=8)
+
+    async def test() -> None:
+        # Two jobs that cannot merge: the worker holds the first while the window is open for company.
+        jobs = [asyncio.create_task(engine.generate(plan(i, width=8 * (i + 1)), client=f"c{i}")) for i in range(2)]
+        await asyncio.sleep(0.3)
+        engine.abort("Shutting down.")
+        for job in jobs:
+            with pytest.raises(OverloadedError):
+                await asyncio.wait_for(job, 2)  # not after the 5 s window
+        assert backend.calls == []
+
+    run(test, engine)
+
+
+def test_a_retried_preload_does_not_unload_the_model_serving_traffic():
+    """/ready retries a preloaded model that failed; one that does not fit next to the resident models stays
+    unavailable rather than taking their place (a client's request for it still may)."""
+    serving = StandInBackend("serving")
+    large = StandInBackend("large")
+    large.load_fails_with = ModelUnavailableError("model 'large' does not fit", code=OUT_OF_MEMORY)
+    engine = engine_for(serving, large)
+
+    async def test() -> None:
+        await engine.generate(plan(1, model="serving"))
+        await engine.preload(["large"], evict=False)
+        assert engine.is_loaded("serving") and serving.loads == 1 and large.loads == 1
+        assert engine.load_error("large") == "model 'large' does not fit"
 
     run(test, engine)
