@@ -101,8 +101,8 @@ def build_app(
     else:
         total = device_memory_bytes(device)
         memory_budget = None if total is None else int(total * DEFAULT_CUDA_WEIGHT_SHARE * device_share)
+    transparency = TransparencyStage(load_matting(registry.matting, device))  # before the engine's thread starts
     engine = Engine(backends, config=engine_config(settings, memory_budget))
-    transparency = TransparencyStage(load_matting(registry.matting, device))
     service = ImageService(
         registry,
         engine,

@@ -159,7 +159,11 @@ def test_dalle3_url_response(client: OpenAI):
 
 def test_dalle3_defaults_to_url(client: OpenAI):
     result = client.images.generate(model="dall-e-3", prompt=PROMPT)
-    assert result.data[0].url and httpx.get(result.data[0].url, timeout=30).status_code == 200
+    response = httpx.get(result.data[0].url, timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    decode(base64.b64encode(response.content).decode(), "png", (1024, 1024))
+    # Cached no longer than the URL lives (the default --url-ttl: an hour, as OpenAI's URLs).
+    assert 3590 <= int(response.headers["cache-control"].split("max-age=")[1]) <= 3600
 
 
 def test_dalle2_b64(client: OpenAI):
