@@ -10,14 +10,29 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 Background = Literal["transparent", "opaque", "auto"]
 ResponseFormat = Literal["url", "b64_json"]
 
 
-class _ImageParams(BaseModel):
+class _Request(BaseModel):
+    @field_validator("*")
+    @classmethod
+    def _unicode_only(cls, value: object) -> object:
+        """JSON can escape half of a UTF-16 pair ("\\ud800"; a JavaScript string cut mid-emoji), which no UTF-8
+        text holds: refused as pydantic refuses it in constrained strings, not left to fail when echoed."""
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PydanticCustomError("string_unicode", "the string is not valid Unicode") from None
+        return value
+
+
+class _ImageParams(_Request):
     """The parameters generations and edits share, plus localimg's extensions (sent via the SDK's `extra_body`).
     Unknown keys are rejected by name, as the live API does."""
 
@@ -65,7 +80,7 @@ class ImageEditRequest(_ImageParams):
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
-class ImageVariationRequest(BaseModel):
+class ImageVariationRequest(_Request):
     """The text fields of `POST /v1/images/variations` (dall-e-2's legacy endpoint), plus `seed`."""
 
     model_config = ConfigDict(strict=False, extra="forbid")

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localimg.errors import (
+    DeviceFailedError,
     HTTPStatusError,
     InvalidRequestError,
     LocalImgError,
@@ -55,8 +56,10 @@ def error_response(
         # Both spellings: the OpenAI SDKs read retry-after-ms first, other clients Retry-After.
         all_headers["retry-after"] = str(max(1, round(exc.retry_after)))
         all_headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
-    if isinstance(exc, (ModelUnavailableError, RequestTimeoutError)):
-        # Missing weights do not appear within an SDK retry window; a timed-out job re-sent only lengthens the queue.
+    if isinstance(exc, (ModelUnavailableError, RequestTimeoutError, DeviceFailedError)):
+        # Missing weights do not appear within an SDK retry window; a timed-out job re-sent only lengthens the
+        # queue; a failed device is this process's end (a retry would find the port closed, and the SDK would
+        # report a connection error instead of this one).
         all_headers["x-should-retry"] = "false"
     if request_id:
         all_headers["x-request-id"] = request_id
@@ -109,6 +112,12 @@ def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
         supported = quoted_list(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
         return InvalidRequestError(
             f"Invalid value: '{value}'. Supported values are: {supported}.", param=field, code="invalid_value"
+        )
+    if kind == "string_unicode":  # the value itself is not quoted: it cannot be written as UTF-8
+        return InvalidRequestError(
+            f"Invalid '{field}': the string is not valid Unicode (it holds an unpaired UTF-16 surrogate).",
+            param=field,
+            code="invalid_value",
         )
     if kind == "string_too_short":
         return InvalidRequestError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import openai
@@ -72,6 +73,22 @@ def test_malformed_json_is_a_400_envelope(server, body: str | bytes):
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
     assert (error["param"], error["code"]) == (None, "invalid_json"), error
+
+
+@pytest.mark.parametrize("field", ["prompt", "model", "size", "quality", "output_format", "user", "negative_prompt"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_string_holding_half_a_utf16_pair_is_a_400_naming_its_field(server, field: str, stream: bool):
+    """JSON can escape a lone surrogate, as the Node SDK sends a JavaScript string cut mid-emoji ('😀x'.slice(1)).
+    No UTF-8 text holds one, so it is refused up front, not left to break the response that echoes it."""
+    body = {"model": "tiny-flux", "prompt": "x", "size": "256x256", "stream": stream, field: "a\ud83d"}
+    response = raw_post(server, json.dumps(body))  # ASCII, with the surrogate escaped: "a\\ud83d"
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "message": f"Invalid '{field}': the string is not valid Unicode (it holds an unpaired UTF-16 surrogate).",
+        "type": "invalid_request_error",
+        "param": field,
+        "code": "invalid_value",
+    }
 
 
 @pytest.mark.parametrize(("n", "code"), [(11, "integer_above_max_value"), (0, "integer_below_min_value")])
