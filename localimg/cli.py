@@ -40,6 +40,7 @@ def _options(
     """The options of `localimg` itself (its help text is the Typer app's)."""
 
 
+_DEFAULTS = Settings()  # the options' defaults are the settings' own: one place for each
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.")]
 
 
@@ -50,10 +51,12 @@ def _split(values: list[str]) -> tuple[str, ...]:
 @app.command()
 def serve(
     context: typer.Context,
-    config: ConfigOption = Path("models.toml"),
-    host: Annotated[str, typer.Option(envvar="LOCALIMG_HOST", help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="LOCALIMG_PORT", help="Port to bind.")] = 8000,
-    device: Annotated[str, typer.Option(envvar="LOCALIMG_DEVICE", help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    config: ConfigOption = _DEFAULTS.config,
+    host: Annotated[str, typer.Option(envvar="LOCALIMG_HOST", help="Address to bind.")] = _DEFAULTS.host,
+    port: Annotated[int, typer.Option(envvar="LOCALIMG_PORT", help="Port to bind.")] = _DEFAULTS.port,
+    device: Annotated[
+        str, typer.Option(envvar="LOCALIMG_DEVICE", help="auto, cuda, cuda:N, mps or cpu.")
+    ] = _DEFAULTS.device,
     models: Annotated[
         list[str],
         typer.Option(envvar="LOCALIMG_MODELS", metavar="NAME,...", help="Serve only these models (names or aliases)."),
@@ -68,26 +71,28 @@ def serve(
         str | None,
         typer.Option(envvar="LOCALIMG_PUBLIC_URL", help="Base URL clients reach this server at (for image URLs)."),
     ] = None,
-    url_ttl: Annotated[int, typer.Option(envvar="LOCALIMG_URL_TTL", help="Seconds an image URL stays valid.")] = 3600,
+    url_ttl: Annotated[
+        int, typer.Option(envvar="LOCALIMG_URL_TTL", help="Seconds an image URL stays valid.")
+    ] = _DEFAULTS.url_ttl_s,
     max_queue: Annotated[
         int, typer.Option(envvar="LOCALIMG_MAX_QUEUE", help="Jobs queued or running before new ones get 429.")
-    ] = 64,
+    ] = _DEFAULTS.max_queue,
     sse_keepalive: Annotated[
         float, typer.Option(envvar="LOCALIMG_SSE_KEEPALIVE", help="Seconds of stream silence before a keep-alive.")
-    ] = 10.0,
+    ] = _DEFAULTS.sse_keepalive_s,
     log_level: Annotated[
         str, typer.Option(envvar="LOCALIMG_LOG_LEVEL", help="debug, info, warning, error or critical.")
-    ] = "info",
+    ] = _DEFAULTS.log_level,
     max_batch: Annotated[
         int, typer.Option(envvar="LOCALIMG_MAX_BATCH", help="Images per merged pipeline call (n counts).")
-    ] = 8,
+    ] = _DEFAULTS.max_batch,
     batch_window_ms: Annotated[
         float,
         typer.Option(envvar="LOCALIMG_BATCH_WINDOW_MS", help="Wait for compatible requests to merge; 0: no merging."),
-    ] = 10.0,
+    ] = _DEFAULTS.batch_window_ms,
     request_timeout: Annotated[
         float, typer.Option(envvar="LOCALIMG_REQUEST_TIMEOUT", help="Seconds per request before 504; 0: none.")
-    ] = 600.0,
+    ] = _DEFAULTS.request_timeout_s or 0.0,
     memory_budget_gb: Annotated[
         float | None,
         typer.Option(
@@ -101,7 +106,7 @@ def serve(
             envvar="LOCALIMG_SWAP_PATIENCE",
             help="Seconds a job whose model would unload another may wait for jobs on loaded models; 0: never.",
         ),
-    ] = 30.0,
+    ] = _DEFAULTS.swap_patience_s,
     warmup: Annotated[
         list[str],
         typer.Option(
@@ -110,7 +115,7 @@ def serve(
     ] = [],  # noqa: B006
     drain_timeout: Annotated[
         float, typer.Option(envvar="LOCALIMG_DRAIN_TIMEOUT", help="Seconds SIGTERM waits for jobs to finish.")
-    ] = 30.0,
+    ] = _DEFAULTS.drain_timeout_s,
     api_key: Annotated[
         list[str],
         typer.Option(
@@ -126,7 +131,7 @@ def serve(
     ] = False,
     max_body_mb: Annotated[
         float, typer.Option(envvar="LOCALIMG_MAX_BODY_MB", help="Largest request body in MB (413 above).")
-    ] = 64.0,
+    ] = _DEFAULTS.max_body_mb,
     cors_origin: Annotated[
         list[str],
         typer.Option(

@@ -24,11 +24,12 @@ class Settings:
     sse_keepalive_s: float = 10.0
     log_level: str = "info"
     # Engine (service/engine.py): images per merged call, how long to wait for compatible jobs (0: no merging),
-    # per-request timeout (None: none), and the resident models' weight budget (None: no limit on CPU/MPS,
-    # three quarters of the GPU's memory on CUDA).
+    # the per-request timeout (None: none), and the resident models' weight budget (None: no limit on CPU/MPS,
+    # three quarters of the GPU's memory on CUDA). The timeout stays under the SDKs' own 600 s, so that a client
+    # gets the 504, which the SDKs do not retry, rather than timing out first and sending the job again.
     max_batch: int = 8
     batch_window_ms: float = 10.0
-    request_timeout_s: float | None = 600.0
+    request_timeout_s: float | None = 570.0
     memory_budget_gb: float | None = None
     # How long a job whose model would unload another may wait while queued jobs run on the loaded ones.
     swap_patience_s: float = 30.0

@@ -118,7 +118,7 @@ def engine_config(settings: Settings, memory_budget_bytes: int | None) -> Engine
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
-        request_timeout_s=settings.request_timeout_s or None,
+        request_timeout_s=settings.request_timeout_s,
         memory_budget_bytes=memory_budget_bytes,
         swap_patience_s=settings.swap_patience_s,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -67,3 +68,13 @@ def test_a_taken_port_fails_at_once_naming_the_address():
         first.close()
     with pytest.raises(ValueError, match="cannot listen there"):
         bind("no-such-host.invalid", 8000)
+
+
+def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch):
+    from localimg.cli import serve_settings
+
+    for name in [name for name in os.environ if name.startswith("LOCALIMG_")]:
+        monkeypatch.delenv(name)
+    assert serve_settings({}) == Settings()
+    # Under the SDKs' own 600 s: their clients get the 504 rather than time out and send the job again.
+    assert Settings().request_timeout_s is not None and Settings().request_timeout_s < 600
