@@ -33,6 +33,13 @@ class InvalidRequestError(LocalImgError):
     type = "invalid_request_error"
 
 
+class ImageGenerationUserError(InvalidRequestError):
+    """A 400 the live Images API types as the image model's own refusal: an unknown model, a size the free-form
+    GPT sizes do not allow."""
+
+    type = "image_generation_user_error"
+
+
 class NotFoundError(LocalImgError):
     status = 404
     type = "invalid_request_error"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from localimg.backends.base import EditInputs, GenerationPlan
-from localimg.errors import InvalidRequestError, quoted_list
+from localimg.errors import ImageGenerationUserError, InvalidRequestError, quoted_list
 from localimg.imaging.alpha import asks_for_transparency
 from localimg.protocol import ImageGenerateRequest, OutputFormat, ResponseFormat
 from localimg.registry import ImageSize, ModelSpec, Registry
@@ -171,10 +171,10 @@ def api_style(model_id: str) -> ApiStyle:
 def resolve_model(model_id: str, registry: Registry) -> ModelSpec:
     spec = registry.resolve(model_id)
     if spec is None:
-        raise InvalidRequestError(
+        raise ImageGenerationUserError(
             f"The model '{model_id}' does not exist. Available models: {', '.join(registry.public_ids())}.",
             param="model",
-            code="model_not_found",
+            code="invalid_value",
         )
     return spec
 
@@ -250,41 +250,40 @@ def resolve_size(text: str | None, style: ApiStyle, spec: ModelSpec) -> ImageSiz
             raise _invalid_value(text, [*allowed], param="size")
         size = ImageSize.parse(text)
         assert size is not None
-        _check_model_limits(size, text, spec)
+        _check_model_limits(size, text, spec, InvalidRequestError)
         return size
     if text is None or text == "auto":
         return spec.default_size
     size = ImageSize.parse(text)
     if size is None or size.width == 0 or size.height == 0:
-        raise InvalidRequestError(
+        raise _size_error(
             f"Invalid size '{text}'. Expected WIDTHxHEIGHT, for example '1536x1024', or one of "
-            f"{quoted_list([*GPT_IMAGE_SIZES, 'auto'])}.",
-            param="size",
-            code="invalid_value",
+            f"{quoted_list([*GPT_IMAGE_SIZES, 'auto'])}."
         )
     if size.width % 16 or size.height % 16:
-        raise InvalidRequestError(
-            f"Invalid size '{text}'. Width and height must both be divisible by 16.", param="size", code="invalid_value"
-        )
+        raise _size_error(f"Invalid size '{text}'. Width and height must both be divisible by 16.")
     if max(size.width, size.height) > MAX_ASPECT * min(size.width, size.height):
-        raise InvalidRequestError(
-            f"Invalid size '{text}'. The aspect ratio must be between 1:3 and 3:1.", param="size", code="invalid_value"
-        )
-    _check_model_limits(size, text, spec)
+        raise _size_error(f"Invalid size '{text}'. The aspect ratio must be between 1:3 and 3:1.")
+    _check_model_limits(size, text, spec, ImageGenerationUserError)
     return size
 
 
-def _check_model_limits(size: ImageSize, text: str, spec: ModelSpec) -> None:
+def _size_error(message: str) -> InvalidRequestError:
+    """A free-form GPT size refused, typed as the live API types it."""
+    return ImageGenerationUserError(message, param="size", code="invalid_value")
+
+
+def _check_model_limits(size: ImageSize, text: str, spec: ModelSpec, error: type[InvalidRequestError]) -> None:
     limits = spec.limits
     if not limits.fits(size):
-        raise InvalidRequestError(
+        raise error(
             f"Invalid size '{text}'. Model '{spec.name}' supports sides from {limits.min_side} to "
             f"{limits.max_side} pixels and at most {limits.max_pixels} pixels in total.",
             param="size",
             code="invalid_value",
         )
     if not limits.divides(size):
-        raise InvalidRequestError(
+        raise error(
             f"Invalid size '{text}'. Model '{spec.name}' needs width and height divisible by {limits.multiple_of}.",
             param="size",
             code="invalid_value",

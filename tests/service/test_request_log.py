@@ -44,7 +44,7 @@ def test_request_lines_name_the_error_and_log_probes_only_when_their_answer_chan
     finally:
         engine.close()
     assert request_lines(caplog) == [
-        ("INFO", "POST /v1/images/generations status=400 error=model_not_found"),
+        ("INFO", "POST /v1/images/generations status=400 error=invalid_value"),
         ("INFO", "POST /v1/images/generations status=400 error=invalid_value"),
         ("INFO", "GET /v1/nowhere status=404 error=invalid_request_error"),
         ("INFO", "GET /ready status=503"),

@@ -159,8 +159,9 @@ def test_prompt_length_limit():
 
 
 def test_unknown_model():
-    err = rejects("model", "model_not_found", model="no-such-model")
-    assert "no-such-model" in err.message
+    err = rejects("model", "invalid_value", model="no-such-model")
+    assert err.message.startswith("The model 'no-such-model' does not exist.")
+    assert err.type == "image_generation_user_error"
 
 
 def test_alias_resolves_to_local_model():
