@@ -198,12 +198,3 @@ class ErrorEvent(BaseModel):
 
     type: Literal["error"] = "error"
     error: ErrorBody
-
-
-ImageStreamEvent = (
-    ImageGenerationPartialImageEvent
-    | ImageGenerationCompletedEvent
-    | ImageEditPartialImageEvent
-    | ImageEditCompletedEvent
-    | ErrorEvent
-)

@@ -24,7 +24,7 @@ from localimg.api.errors import openai_validation_error
 from localimg.api.images import files_url, service_of, sse
 from localimg.errors import InvalidRequestError
 from localimg.protocol import ErrorResponse, ImageEditRequest, ImagesResponse, ImageVariationRequest
-from localimg.service.edit_planning import MAX_INPUT_IMAGES
+from localimg.registry import MAX_INPUT_IMAGES
 from localimg.service.images import Upload
 
 router = APIRouter(tags=["images"], responses={400: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})

@@ -123,9 +123,3 @@ class PhasedLoadBackend(Protocol):
     """A backend that can tell where the time of its last load went (for the operator's metrics)."""
 
     load_phases: Mapping[str, float]  # phase -> seconds, in order; empty before the first load
-
-
-class BackendFactory(Protocol):
-    """Builds the backend for a model spec (the composition root decides the device)."""
-
-    def __call__(self, spec: ModelSpec) -> ImageBackend: ...

@@ -125,7 +125,7 @@ class DiffusersBackend:
 
     def generate(self, batch: Sequence[GenerationPlan], on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run plans sharing one `batch_key` in pipeline calls of at most `spec.max_batch` images, halving the
-        calls on out-of-memory. Returns the images flat, in plan order then seed order.
+        images per call on out-of-memory. Returns the images flat, in plan order then seed order.
 
         An exception raised by `on_step` aborts the job and propagates.
         """

@@ -37,7 +37,7 @@ class FamilyAdapter:
     img2img_class: ClassVar[type[DiffusionPipeline]]
     inpaint_class: ClassVar[type[DiffusionPipeline]]
     takes_max_sequence_length: ClassVar[bool] = False  # T5-based families cap their prompt
-    img2img_takes_size: ClassVar[bool] = True  # SD1.5's and SDXL's img2img take the output size from the image
+    img2img_takes_size: ClassVar[bool] = True  # False for SD1.5 and SDXL, whose img2img sizes its output as the image
 
     def pipeline_class_for(self, edit: EditInputs | None) -> type[DiffusionPipeline]:
         """The pipeline class that runs a plan with this `edit` (None: text-to-image, the loaded class)."""

@@ -41,7 +41,7 @@ from localimg.backends.base import EditInputs, GenerationPlan
 from localimg.errors import InvalidRequestError
 from localimg.imaging.alpha import flatten, is_cutout
 from localimg.imaging.masks import edit_region_from_alpha, edit_region_from_mask, resize_region
-from localimg.registry import ImageSize, ModelSpec
+from localimg.registry import MAX_INPUT_IMAGES, ImageSize, ModelSpec
 from localimg.service.planning import (
     MAX_ASPECT,
     ApiStyle,
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
     from localimg.protocol import ImageEditRequest, ImageVariationRequest
     from localimg.registry import Registry
 
-MAX_INPUT_IMAGES = 16  # OpenAI's limit for gpt-image edits
 STRENGTH = {("low", False): 0.75, ("high", False): 0.45, ("low", True): 1.0, ("high", True): 0.85}
 VARIATION_STRENGTH = 0.7
 Box = tuple[float, float, float, float]  # left, top, right, bottom in input pixels

@@ -68,11 +68,10 @@ class Engine:
         self,
         backends: Mapping[str, ImageBackend],
         *,
-        max_queue: int = 64,
         config: EngineConfig | None = None,
         metrics: EngineMetrics | None = None,
     ) -> None:
-        self.config = config if config is not None else EngineConfig(max_queue=max_queue)
+        self.config = config if config is not None else EngineConfig()
         self.metrics = metrics if metrics is not None else EngineMetrics()
         self._residency = ModelResidency(backends, self.config.memory_budget_bytes, self.metrics)
         self._in_flight = 0  # admitted and not yet answered; touched only on the event loop

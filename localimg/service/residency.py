@@ -26,6 +26,7 @@ RELOAD_BACKOFF_S = 30.0
 _CLIENT_REASONS = {
     "model_weights_missing": "its weights are not on the server's disk",
     "model_weights_pickled": "its weights are pickled files, which the server refuses to load",
+    "model_weights_unsupported": "its weights are in a file format the server does not load",
     OUT_OF_MEMORY: "it does not fit in the device's memory",
     "model_kind_mismatch": "its weights are another kind of model than its configuration names",
     "model_limits_mismatch": "its weights cannot make every image size its configuration allows",

@@ -4,8 +4,8 @@ step callback to the requests in it. No threads or torch here; `engine.py` drive
 Batching: jobs whose `GenerationPlan.batch_key` are equal (same model, size, steps, guidance scale, text length,
 whether a negative prompt is used; never two edits) share one backend call; their prompts and seeds may
 differ, and each image still depends on its own seed only (up to rounding: kernels at another batch size may
-change a pixel value by one). A batch holds at most `max_images` images (a job's
-`n` counts whole); a job larger than that runs alone (the backend splits it into calls of the model's
+change a pixel value by one). A batch holds at most the engine's `max_batch` images (a
+job's `n` counts whole); a job larger than that runs alone (the backend splits it into calls of the model's
 `max_batch`).
 
 Fairness: clients (API key or remote address) are served round-robin, one job per client per turn, both for

@@ -444,6 +444,7 @@ def test_a_model_that_fails_to_load_leaves_the_others_resident_and_is_not_reload
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
+        ("model_weights_unsupported", "its weights are in a file format the server does not load"),
         ("model_kind_mismatch", "its weights are another kind of model than its configuration names"),
         ("model_limits_mismatch", "its weights cannot make every image size its configuration allows"),
         ("model_load_failed", "its weights failed to load"),
