@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localimg.config import Settings
+from localimg.config import Settings, key_hashes
 
 if TYPE_CHECKING:
     from localimg.registry import MattingSpec
@@ -152,8 +152,6 @@ def serve(
 
 def settings_from(options: Mapping[str, Any]) -> Settings:
     """Settings from `serve`'s parsed options (keyed by parameter name). Raises ValueError on a bad keys file."""
-    from localimg.api.auth import key_hashes
-
     return Settings(
         config=options["config"],
         host=options["host"],

@@ -3,6 +3,8 @@ down explicitly: nothing else in the package reads the environment for configura
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +49,34 @@ class Settings:
     # out-of-memory error; a prompt with the marker raises a fake illegal memory access.
     inject_oom: int = 0
     inject_device_failure: bool = False
+
+
+_HASH_PREFIX = "sha256:"
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_hashes(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...]:
+    """The digests of the keys given on the command line and in `keys_file`: one key per line (`#` comments),
+    or `sha256:<hex>`, a key already hashed, so that the file need not hold secrets in clear. Raises ValueError
+    on a bad file."""
+    hashes = [_hash_key(key) for key in keys if key]
+    if keys_file is not None:
+        try:
+            lines = keys_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--api-keys-file: cannot read {keys_file}: {exc.strerror}") from exc
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(_HASH_PREFIX):
+                digest = line.removeprefix(_HASH_PREFIX).lower()
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise ValueError(f"--api-keys-file: {keys_file} line {number}: not a sha256 hex digest")
+                hashes.append(digest)
+            else:
+                hashes.append(_hash_key(line))
+    return tuple(dict.fromkeys(hashes))

@@ -3,17 +3,14 @@
 Image links (`response_format="url"`) are capabilities, like OpenAI's pre-signed ones: their ids carry 144 random
 bits and expire, and apps hand them to browsers and `<img src>`, which send no key.
 
-Keys are kept only as sha256 digests and compared in constant time against every configured digest, so neither
-the keys nor, through timing, their prefixes leak. A keys file holds one key per line (`#` comments); a line
-`sha256:<hex>` is taken as an already hashed key, so the file need not hold secrets in clear.
+Keys are kept only as sha256 digests (config.key_hashes reads them) and compared in constant time against every
+configured digest, so neither the keys nor, through timing, their prefixes leak.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
-from pathlib import Path
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,33 +22,6 @@ from localimg.errors import AuthenticationError
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 OPEN_PREFIXES = (f"/v1{FILES_PATH}/", f"{FILES_PATH}/")  # the image links, with and without the /v1 prefix
-_HASH_PREFIX = "sha256:"
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_hashes(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...]:
-    """The digests of the keys given on the command line and in `keys_file`. Raises ValueError on a bad file."""
-    hashes = [hash_key(key) for key in keys if key]
-    if keys_file is not None:
-        try:
-            lines = keys_file.read_text().splitlines()
-        except OSError as exc:
-            raise ValueError(f"--api-keys-file: cannot read {keys_file}: {exc.strerror}") from exc
-        for number, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith(_HASH_PREFIX):
-                digest = line.removeprefix(_HASH_PREFIX).lower()
-                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                    raise ValueError(f"--api-keys-file: {keys_file} line {number}: not a sha256 hex digest")
-                hashes.append(digest)
-            else:
-                hashes.append(hash_key(line))
-    return tuple(dict.fromkeys(hashes))
 
 
 class ApiKeyMiddleware:

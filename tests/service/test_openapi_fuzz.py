@@ -16,8 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from localimg.api.app import create_app
-from localimg.api.auth import hash_key
-from localimg.config import Settings
+from localimg.config import Settings, key_hashes
 from localimg.registry import Registry
 from localimg.service.engine import Engine, EngineConfig
 from localimg.service.image_store import ImageStore
@@ -43,7 +42,7 @@ def _app() -> tuple[object, Engine]:
     )
     engine = Engine({"tiny": StandInBackend(name="tiny", steps=1)}, config=EngineConfig(batch_window_s=0.0))
     service = ImageService(registry, engine, ImageStore(ttl_s=60))
-    app = create_app(Settings(api_key_hashes=(hash_key(KEY),), max_body_mb=1), service, preload=[])
+    app = create_app(Settings(api_key_hashes=key_hashes([KEY], None), max_body_mb=1), service, preload=[])
 
     async def without_lifespan(scope, receive, send):  # type: ignore[no-untyped-def]
         # schemathesis' ASGI client runs the lifespan around every call, and its shutdown closes the engine;

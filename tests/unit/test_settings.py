@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
-from localimg.config import Settings
+from localimg.config import Settings, key_hashes
 from localimg.server import check_settings
 
 
@@ -78,3 +80,23 @@ def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch: pytest
     assert serve_settings({}) == Settings()
     # Under the SDKs' own 600 s: their clients get the 504 rather than time out and send the job again.
     assert Settings().request_timeout_s is not None and Settings().request_timeout_s < 600
+
+
+def test_a_keys_file_holds_keys_or_their_digests(tmp_path: Path):
+    digest = hashlib.sha256(b"sk-two").hexdigest()
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# the team's keys\n\n  sk-one  \nsha256:{digest.upper()}\nsk-one\n")
+    one = hashlib.sha256(b"sk-one").hexdigest()
+    assert key_hashes(["sk-cli", ""], keys_file) == (hashlib.sha256(b"sk-cli").hexdigest(), one, digest)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [("sk-one\nsha256:abc\n", "keys line 2: not a sha256 hex digest"), (None, "--api-keys-file: cannot read")],
+)
+def test_a_bad_keys_file_is_one_line_naming_it(tmp_path: Path, text: str | None, error: str):
+    keys_file = tmp_path / "keys"
+    if text is not None:
+        keys_file.write_text(text)
+    with pytest.raises(ValueError, match=error):
+        key_hashes([], keys_file)
