@@ -183,7 +183,7 @@ def _validated(model: type[M], data: dict[str, Any], *, strict: bool) -> M:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise openai_validation_error(exc.errors()) from None
+        raise openai_validation_error(exc.errors(), data) from None
 
 
 async def _form(request: Request, *, max_files: int) -> FormData:

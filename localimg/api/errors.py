@@ -27,6 +27,7 @@ from localimg.errors import (
     quoted_list,
 )
 from localimg.protocol import ErrorBody, ErrorResponse
+from localimg.service.planning import api_style, check_prompt
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=all_headers)
 
 
-def openai_validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
+def openai_validation_error(errors: Sequence[Mapping[str, Any]], body: object = None) -> InvalidRequestError:
     """Translate pydantic errors into the one error OpenAI would report: unknown keys first, then
-    the prompt, then `n`, then the rest (the live API's validation order)."""
+    the prompt, then `n`, then the rest (the live API's validation order). `body`, the fields as sent, lets a
+    prompt too long for its model (a limit pydantic does not know) come before `n` and the enums too."""
 
     def rank(error: Mapping[str, Any]) -> tuple[int, int]:
         field = _field(error)
@@ -79,7 +81,24 @@ def openai_validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidReque
         return (2, {"prompt": 0, "image": 1, "n": 2}.get(field or "", 3))
 
     error = min(errors, key=rank)
+    if rank(error) > (2, 0):
+        too_long = _prompt_too_long(body)
+        if too_long is not None:
+            return too_long
     return _translate(error)
+
+
+def _prompt_too_long(body: object) -> InvalidRequestError | None:
+    if not isinstance(body, Mapping):
+        return None
+    prompt, model = body.get("prompt"), body.get("model")
+    if not isinstance(prompt, str) or not isinstance(model, (str, type(None))):
+        return None
+    try:
+        check_prompt(prompt, api_style(model or ""))
+    except InvalidRequestError as exc:
+        return exc
+    return None
 
 
 def _translate(error: Mapping[str, Any]) -> InvalidRequestError:
@@ -194,7 +213,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(openai_validation_error(exc.errors()), request_id_of(request))
+        return error_response(openai_validation_error(exc.errors(), exc.body), request_id_of(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

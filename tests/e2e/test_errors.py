@@ -77,6 +77,23 @@ def test_malformed_json_is_a_400_envelope(server, body: str | bytes):
     assert (error["param"], error["code"]) == (None, "invalid_json"), error
 
 
+LONG = "x" * 32001
+SEVERAL_FAULTS = [  # the body, and the one fault the live API reports: unknown keys, prompt, images, n, enums
+    ({"prompt": LONG, "n": 0, "bogus": 1}, "bogus"),
+    ({"prompt": LONG, "n": 0, "output_format": "gif"}, "prompt"),
+    ({"prompt": LONG, "background": "none"}, "prompt"),
+    ({"model": "dall-e-2", "prompt": "x" * 1001, "n": 11}, "prompt"),
+    ({"prompt": "fine", "n": 0, "output_format": "gif"}, "n"),
+    ({"prompt": "", "n": 0}, "prompt"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), SEVERAL_FAULTS, ids=[param for _, param in SEVERAL_FAULTS])
+def test_of_several_faults_the_first_in_the_live_apis_order_is_reported(server, body: dict, param: str):
+    response = raw_post(server, json.dumps(body))
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
 @pytest.mark.parametrize("field", ["prompt", "model", "size", "quality", "output_format", "user", "negative_prompt"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_string_holding_half_a_utf16_pair_is_a_400_naming_its_field(server, field: str, stream: bool):
