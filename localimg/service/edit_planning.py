@@ -53,6 +53,7 @@ from localimg.service.planning import (
     check_response_format,
     draw_seeds,
     image_tokens,
+    is_openai_gpt_name,
     resolve_model,
     resolve_output,
     resolve_quality,
@@ -108,7 +109,7 @@ def plan_edit(
         raise InvalidRequestError(
             f"dall-e-2 edits take exactly one image; got {len(images)}.", param="image", code="too_many_images"
         )
-    check_response_format(request.response_format, style, model_named=request.model is not None)
+    check_response_format(request.response_format, request.model)
     spec = _model_for_images(images, spec, registry)
     first = images[0].image
     size = size_for_input(first.size, spec) if request.size in (None, "auto") and style == "gpt-image" else None
@@ -151,7 +152,7 @@ def plan_variation(
     """Resolve a variations request: dall-e-2's sizes and response shape, whatever local model serves it."""
     requested_model = request.model or "dall-e-2"
     spec = resolve_model(requested_model, registry)
-    if requested_model == "dall-e-3" or requested_model.startswith(("gpt-image", "chatgpt-image")):
+    if requested_model == "dall-e-3" or is_openai_gpt_name(requested_model):
         raise InvalidRequestError(
             f"Invalid value: '{requested_model}'. Variations are only supported by dall-e-2 (or a local model name).",
             param="model",

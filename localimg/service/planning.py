@@ -191,16 +191,24 @@ def check_prompt(prompt: str, style: ApiStyle) -> None:
 
 
 def _check_style_only_params(request: ImageGenerateRequest, style: ApiStyle) -> None:
-    """`response_format` and `style` exist only for DALL·E models; gpt-image models refuse them by name."""
-    check_response_format(request.response_format, style, model_named=request.model is not None)
+    """`response_format` and `style` are DALL·E parameters; OpenAI's gpt-image models refuse them by name."""
+    check_response_format(request.response_format, request.model)
     if request.style is not None and style != "dall-e-3":
         raise InvalidRequestError("Unknown parameter: 'style'.", param="style", code="unknown_parameter")
 
 
-def check_response_format(response_format: ResponseFormat | None, style: ApiStyle, *, model_named: bool) -> None:
-    """GPT image models refuse `response_format` by name. A request naming no model may send it: the API's
-    default model used to be dall-e-2, and code written then sends `prompt` and `response_format` only."""
-    if response_format is not None and style == "gpt-image" and model_named:
+def is_openai_gpt_name(model_id: str | None) -> bool:
+    """Whether the client named one of OpenAI's GPT image models (as opposed to DALL·E, a local model's own name,
+    or none at all)."""
+    return model_id is not None and model_id.startswith(("gpt-image", "chatgpt-image"))
+
+
+def check_response_format(response_format: ResponseFormat | None, model_id: str | None) -> None:
+    """OpenAI's GPT image models refuse `response_format` by name, and so do their names here. Other requests may
+    send it: one naming no model (the API's default model used to be dall-e-2, and code written then sends
+    `prompt` and `response_format` only), and one naming a local model, which OpenAI has no rule for (clients made
+    for OpenAI-compatible servers, such as the AI SDK's, send `response_format` whatever the model)."""
+    if response_format is not None and is_openai_gpt_name(model_id):
         raise InvalidRequestError(
             "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
         )

@@ -32,7 +32,7 @@ INVALID = [
     ({"background": "transparent", "output_format": "jpeg"}, "background", "invalid_value"),
     ({"output_format": "png", "output_compression": 50}, "output_compression", "invalid_png_output_compression"),
     ({"output_compression": 101, "output_format": "jpeg"}, "output_compression", "integer_above_max_value"),
-    ({"response_format": "url"}, "response_format", "unknown_parameter"),
+    ({"model": "gpt-image-1", "response_format": "url"}, "response_format", "unknown_parameter"),
     ({"style": "vivid"}, "style", "unknown_parameter"),
     ({"moderation": "strict"}, "moderation", "invalid_value"),
     ({"model": "dall-e-3", "n": 2}, None, None),

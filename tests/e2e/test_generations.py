@@ -157,6 +157,16 @@ def test_dalle3_url_response(client: OpenAI):
     assert result.usage is None and result.size is None  # DALL·E responses carry only created + data
 
 
+def test_a_local_model_name_takes_response_format(client: OpenAI):
+    """Clients made for OpenAI-compatible servers (the AI SDK's) send response_format to every model."""
+    result = client.images.generate(model="tiny-flux", prompt=PROMPT, size="256x256", response_format="b64_json")
+    decode(result.data[0].b64_json, "png", (256, 256))
+    result = client.images.generate(model="tiny-flux", prompt=PROMPT, size="256x256", response_format="url")
+    response = httpx.get(result.data[0].url, timeout=30)
+    decode(base64.b64encode(response.content).decode(), "png", (256, 256))
+    assert result.usage is not None and result.size == "256x256"  # still answered in the gpt-image shape
+
+
 def test_dalle3_defaults_to_url(client: OpenAI):
     result = client.images.generate(model="dall-e-3", prompt=PROMPT)
     response = httpx.get(result.data[0].url, timeout=30)

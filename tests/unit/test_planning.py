@@ -231,6 +231,14 @@ def test_a_request_naming_no_model_may_send_response_format():
     rejects("response_format", "unknown_parameter", model="gpt-image-1", response_format="b64_json")
 
 
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+def test_a_local_models_own_name_may_send_response_format(response_format: str):
+    """OpenAI has no rule for a local model's name, and clients made for OpenAI-compatible servers (the AI SDK's)
+    send `response_format` to every model; OpenAI's own GPT names keep refusing it."""
+    job = plan(model="flux", response_format=response_format)
+    assert job.api_style == "gpt-image" and job.response_format == response_format
+
+
 def test_dall_e_default_size_is_checked_against_the_model():
     small = Registry.from_dict(
         {"models": {"m": {"family": "sd15", "source": {"path": "/nowhere"}, "aliases": ["dall-e-2"],
