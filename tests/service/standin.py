@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from localimg.backends.base import GenerationPlan, StepCallback, StepProgress
@@ -104,6 +105,12 @@ def one_model_service(backend: StandInBackend | None = None, *, max_queue: int =
     return ImageService(registry, engine, ImageStore(ttl_s=60), **options)
 
 
+def asgi_client(app: Any) -> httpx.AsyncClient:
+    """An HTTP client that calls `app` in-process. An exception escaping the app (what uvicorn would log as a crash)
+    is raised in the test instead of becoming a response."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=True), base_url="http://test")
+
+
 def http_scope(path: str, content_type: bytes) -> dict[str, Any]:
     """The ASGI scope of a POST from 127.0.0.1, for tests that drive the app with their own receive and send."""
     return {
@@ -113,4 +120,4 @@ def http_scope(path: str, content_type: bytes) -> dict[str, Any]:
     }  # fmt: skip
 
 
-__all__ = ["GenerationError", "StandInBackend", "colour", "http_scope", "one_model_service", "plan"]
+__all__ = ["GenerationError", "StandInBackend", "asgi_client", "colour", "http_scope", "one_model_service", "plan"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -14,7 +13,7 @@ from localimg.api.app import create_app, preload_and_warm_up
 from localimg.config import Settings
 from localimg.errors import DeviceFailedError, ModelUnavailableError
 from localimg.service.transparency import TransparencyStage
-from tests.service.standin import StandInBackend, one_model_service, plan
+from tests.service.standin import StandInBackend, asgi_client, one_model_service, plan
 
 
 def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
@@ -27,8 +26,7 @@ def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
     async def scenario() -> None:
         await engine.preload(["m"])  # what the app's startup does
         app.state.preloaded, app.state.ready = ["m"], True
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
             first = await client.get("/ready")
             assert first.status_code == 503 and first.json() == {"status": "unavailable", "models": ["m"]}
             backend.load_fails_with = None  # the operator puts the weights in place
@@ -58,7 +56,7 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
 
     async def scenario() -> None:
         await preload_and_warm_up(app, service, ["m"])  # what the app's startup runs
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        async with asgi_client(app) as client:
             assert (await client.get("/ready")).status_code == 200  # loaded: it serves what it can
 
     try:
@@ -134,7 +132,7 @@ def test_health_and_ready_turn_503_once_the_device_has_failed():
     message = "The server's device (GPU 0) failed (CUDA error: unspecified launch failure)"
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        async with asgi_client(app) as client:
             assert (await client.get("/health")).status_code == 200
             backend.fail_with = DeviceFailedError(message)
             with pytest.raises(DeviceFailedError):
@@ -173,7 +171,7 @@ def test_a_device_lost_while_matting_fails_the_engine_too():
     body = {"model": "m", "prompt": "a cat", "size": "1024x1024", "background": "transparent"}
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        async with asgi_client(app) as client:
             opaque = await client.post("/v1/images/generations", json={**body, "background": "opaque"})
             assert opaque.status_code == 200
             answer = await client.post("/v1/images/generations", json=body)

@@ -13,7 +13,7 @@ import pytest
 from localimg.api.app import create_app
 from localimg.config import Settings
 from localimg.request_context import RequestIdFilter
-from tests.service.standin import StandInBackend, http_scope, one_model_service
+from tests.service.standin import StandInBackend, asgi_client, http_scope, one_model_service
 
 
 def request_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -26,8 +26,7 @@ def test_request_lines_name_the_error_and_log_probes_only_when_their_answer_chan
     app = create_app(Settings(), service, preload=[])
 
     async def calls() -> None:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
             await client.post("/v1/images/generations", json={"prompt": "x", "model": "nosuch"})
             await client.post("/v1/images/generations", json={"prompt": "x", "size": "huge"})
             await client.get("/v1/nowhere")
@@ -65,8 +64,7 @@ def test_behind_serve_the_request_id_is_the_one_the_proxy_gave(caplog: pytest.Lo
     caplog.handler.addFilter(RequestIdFilter())  # as the server's log handler has it
 
     async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
             return await client.post(
                 "/v1/images/generations", json={"prompt": "x", "model": "nosuch"}, headers={"x-request-id": "serve-7"}
             )
@@ -87,8 +85,7 @@ def test_a_client_does_not_choose_the_single_servers_request_id():
     app = create_app(Settings(), service, preload=[])
 
     async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
             return await client.get("/health", headers={"x-request-id": "mine"})
 
     try:

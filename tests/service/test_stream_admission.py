@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
-
 from localimg.api.app import create_app
 from localimg.config import Settings
-from tests.service.standin import StandInBackend, http_scope, one_model_service, plan
+from tests.service.standin import StandInBackend, asgi_client, http_scope, one_model_service, plan
 
 STREAM = {"prompt": "a cat", "size": "256x256", "stream": True}
 
@@ -25,8 +23,7 @@ def test_a_burst_of_streams_past_the_queue_limit_gets_429s_before_any_byte():
     async def scenario() -> list[tuple[int, str]]:
         blocker = asyncio.create_task(engine.generate(plan(1, width=16), client="x"))  # one of the two places
         assert await asyncio.to_thread(backend.started.wait, 10)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
 
             async def post() -> tuple[int, str]:
                 response = await client.post("/v1/images/generations", json=STREAM)

@@ -11,7 +11,7 @@ import pytest
 
 from localimg.api.app import create_app
 from localimg.config import Settings
-from tests.service.standin import http_scope, one_model_service
+from tests.service.standin import asgi_client, http_scope, one_model_service
 
 
 def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptureFixture):
@@ -25,9 +25,7 @@ def test_an_unexpected_exception_is_one_500_logged_once(caplog: pytest.LogCaptur
     app = create_app(Settings(), service, preload=[])
 
     async def call() -> httpx.Response:
-        # raise_app_exceptions: an exception escaping the app (as uvicorn would log it) fails this test.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asgi_client(app) as client:
             return await client.post("/v1/images/generations", json={"prompt": "x"})
 
     try:
