@@ -29,6 +29,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from localimg.api.state import AppState
 from localimg.backends.device import parse_device
 from localimg.cli import serve_settings
 from localimg.config import Settings
@@ -84,7 +85,7 @@ class ImageServer:
         configure_logging(self._settings.log_level)
         store = SharedImageStore(self._files)
         app = build_app(self._settings, store=store, behind_serve=True, device_share=self._device_share)
-        self._watch = asyncio.create_task(_end_when_the_device_fails(app.state.service.engine))
+        self._watch = asyncio.create_task(_end_when_the_device_fails(AppState.of(app).service.engine))
         return app
 
 

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from localimg import __version__
 from localimg.api.app import create_app
+from localimg.api.state import AppState
 from localimg.config import Settings
 from localimg.registry import Registry
 from localimg.request_context import RequestIdFilter
@@ -224,7 +225,7 @@ def run(settings: Settings) -> None:
         access_log=False,  # RequestIdMiddleware logs each request with its id
         timeout_graceful_shutdown=30,
     )
-    engine = app.state.service.engine
+    engine = AppState.of(app).service.engine
     _draining_server(config, engine, settings.drain_timeout_s).run(sockets=[listener])
     if engine.device_failure is not None:
         raise SystemExit(DEVICE_FAILED_EXIT_STATUS)

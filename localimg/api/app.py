@@ -22,6 +22,7 @@ from localimg.api import edits, health, images, metrics, models
 from localimg.api.auth import ApiKeyMiddleware
 from localimg.api.errors import install_error_handlers, unexpected_error_response
 from localimg.api.limits import BodyLimitMiddleware
+from localimg.api.state import AppState
 from localimg.config import Settings
 from localimg.service.engine import Engine
 from localimg.service.images import ImageService
@@ -38,7 +39,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str], *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(preload_and_warm_up(app, service, preload))
+        loading = asyncio.create_task(preload_and_warm_up(AppState.of(app), preload))
         try:
             if behind_serve:
                 await asyncio.shield(loading)
@@ -49,11 +50,7 @@ def create_app(settings: Settings, service: ImageService, preload: list[str], *,
             await asyncio.to_thread(service.engine.close, unload=False)
 
     app = FastAPI(title="localimg", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.service = service
-    app.state.ready = False
-    app.state.preloaded = []
-    app.state.reload = None  # the task retrying failed preloads (api/health.py)
+    app.state.localimg = AppState(settings, service)
     install_error_handlers(app)
     for router in (images.router, edits.router, models.router):
         app.include_router(router, prefix="/v1")
@@ -78,15 +75,16 @@ def create_app(settings: Settings, service: ImageService, preload: list[str], *,
     return app
 
 
-async def preload_and_warm_up(app: FastAPI, service: ImageService, names: list[str]) -> None:
+async def preload_and_warm_up(state: AppState, names: list[str]) -> None:
     """Load (and warm up) the preloaded models, then end the loading state whatever happened: a failed load is
     reported by /ready itself, and anything unexpected here must not leave /ready at "loading" forever."""
-    app.state.preloaded = names
-    if app.state.settings.warmup_sizes and not names:
+    service = state.service
+    state.preloaded = names
+    sizes = state.settings.warmup_sizes
+    if sizes and not names:
         log.warning("--warmup has no effect: it warms up the preloaded models, and --preload names none")
     try:
         await service.engine.preload(names)
-        sizes = app.state.settings.warmup_sizes
         if sizes:
             await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
     except Exception:
@@ -99,7 +97,7 @@ async def preload_and_warm_up(app: FastAPI, service: ImageService, names: list[s
             )
         else:
             log.info("ready: serving %s", ", ".join(service.registry.public_ids()))
-    app.state.ready = True
+    state.ready = True
 
 
 class ArrivingRequestsMiddleware:

@@ -12,12 +12,14 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from localimg.api.state import AppState
+
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    failure = request.app.state.service.engine.device_failure
+    failure = AppState.of(request.app).service.engine.device_failure
     if failure is not None:
         return JSONResponse({"status": "device_failed", "error": failure}, status_code=503)
     return JSONResponse({"status": "ok"})
@@ -25,19 +27,19 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    engine = request.app.state.service.engine
+    state = AppState.of(request.app)
+    engine = state.service.engine
     if engine.device_failure is not None:
         return JSONResponse({"status": "device_failed", "error": engine.device_failure}, status_code=503)
     if not engine.accepting:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"retry-after": "1"})
-    if not request.app.state.ready:
+    if not state.ready:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"retry-after": "1"})
-    failed = [name for name in request.app.state.preloaded if engine.load_error(name) is not None]
+    failed = [name for name in state.preloaded if engine.load_error(name) is not None]
     if failed:
         # Probes keep coming while clients are kept away, so they drive the retries: one at a time, each within
         # the engine's back-off (so at most one load attempt per model per back-off period), and never at the
         # cost of the models serving traffic (a model that does not fit next to them stays unavailable).
-        state = request.app.state
         if state.reload is None or state.reload.done():
             state.reload = asyncio.create_task(engine.preload(failed, evict=False))
         return JSONResponse({"status": "unavailable", "models": failed}, status_code=503)

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from localimg.api.disconnect import cancel_on_disconnect
 from localimg.api.errors import request_id_of
 from localimg.api.sse import names_events_for, sse_response
+from localimg.api.state import AppState
 from localimg.errors import NotFoundError
 from localimg.protocol import ErrorResponse, ImageGenerateRequest, ImagesResponse
 from localimg.service.images import ImageService
@@ -20,7 +21,7 @@ FILES_PATH = "/images/files"
 
 
 def service_of(request: Request) -> ImageService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return AppState.of(request.app).service
 
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
@@ -48,12 +49,12 @@ def sse(stream: JobStream, request: Request) -> StreamingResponse:
     return sse_response(
         stream.events(),
         on_close=stream.cancel,
-        keepalive_s=request.app.state.settings.sse_keepalive_s,
+        keepalive_s=AppState.of(request.app).settings.sse_keepalive_s,
         request_id=request_id_of(request),
         named=names_events_for(request.headers),
     )
 
 
 def files_url(request: Request) -> str:
-    base = request.app.state.settings.public_url or str(request.base_url)
+    base = AppState.of(request.app).settings.public_url or str(request.base_url)
     return f"{base.rstrip('/')}/v1{FILES_PATH}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from localimg.api.state import AppState
+
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.service.engine.metrics.registry
+    registry = AppState.of(request.app).service.engine.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

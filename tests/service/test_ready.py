@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from localimg.api.app import create_app, preload_and_warm_up
+from localimg.api.state import AppState
 from localimg.config import Settings
 from localimg.errors import DeviceFailedError, ModelUnavailableError
 from localimg.service.transparency import TransparencyStage
@@ -25,7 +26,8 @@ def test_ready_probes_retry_a_failed_preload(monkeypatch: pytest.MonkeyPatch):
 
     async def scenario() -> None:
         await engine.preload(["m"])  # what the app's startup does
-        app.state.preloaded, app.state.ready = ["m"], True
+        state = AppState.of(app)
+        state.preloaded, state.ready = ["m"], True
         async with asgi_client(app) as client:
             first = await client.get("/ready")
             assert first.status_code == 503 and first.json() == {"status": "unavailable", "models": ["m"]}
@@ -55,7 +57,7 @@ def test_a_warm_up_that_fails_unexpectedly_still_ends_the_loading_state(caplog: 
     caplog.set_level("INFO", logger="localimg.service.warmup")
 
     async def scenario() -> None:
-        await preload_and_warm_up(app, service, ["m"])  # what the app's startup runs
+        await preload_and_warm_up(AppState.of(app), ["m"])  # what the app's startup runs
         async with asgi_client(app) as client:
             assert (await client.get("/ready")).status_code == 200  # loaded: it serves what it can
 
@@ -82,7 +84,7 @@ def test_a_failed_preload_is_not_logged_as_ready(caplog: pytest.LogCaptureFixtur
     app = create_app(Settings(), service, preload=["m"])
     caplog.set_level("INFO", logger="localimg.api.app")
     try:
-        asyncio.run(asyncio.wait_for(preload_and_warm_up(app, service, ["m"]), 20))
+        asyncio.run(asyncio.wait_for(preload_and_warm_up(AppState.of(app), ["m"]), 20))
     finally:
         engine.close()
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "localimg.api.app"]
@@ -95,7 +97,7 @@ def test_warm_up_sizes_without_preloaded_models_are_called_out(caplog: pytest.Lo
     app = create_app(Settings(warmup_sizes=("512x512",)), service, preload=[])
     caplog.set_level("INFO", logger="localimg.api.app")
     try:
-        asyncio.run(asyncio.wait_for(preload_and_warm_up(app, service, []), 20))
+        asyncio.run(asyncio.wait_for(preload_and_warm_up(AppState.of(app), []), 20))
     finally:
         engine.close()
     assert "--warmup has no effect" in caplog.text and "ready: serving m" in caplog.text
@@ -117,7 +119,7 @@ def test_start_up_waits_for_the_preload_only_behind_serve(behind_serve: bool):
 
     async def scenario() -> tuple[bool, bool]:
         async with app.router.lifespan_context(app):
-            return app.state.ready, engine.is_loaded("m")
+            return AppState.of(app).ready, engine.is_loaded("m")
 
     ready, loaded = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert (ready, loaded) == ((True, True) if behind_serve else (False, False))
@@ -128,7 +130,7 @@ def test_health_and_ready_turn_503_once_the_device_has_failed():
     service = one_model_service(backend)
     engine = service.engine
     app = create_app(Settings(), service, preload=[])
-    app.state.ready = True
+    AppState.of(app).ready = True
     message = "The server's device (GPU 0) failed (CUDA error: unspecified launch failure)"
 
     async def scenario() -> None:
@@ -167,7 +169,7 @@ def test_a_device_lost_while_matting_fails_the_engine_too():
     service = one_model_service(transparency=TransparencyStage(matting))
     engine = service.engine
     app = create_app(Settings(), service, preload=[])
-    app.state.ready = True
+    AppState.of(app).ready = True
     body = {"model": "m", "prompt": "a cat", "size": "1024x1024", "background": "transparent"}
 
     async def scenario() -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from localimg.api.app import create_app
+from localimg.api.state import AppState
 from localimg.config import Settings
 from localimg.request_context import RequestIdFilter
 from tests.service.standin import StandInBackend, asgi_client, http_scope, one_model_service
@@ -32,7 +33,7 @@ def test_request_lines_name_the_error_and_log_probes_only_when_their_answer_chan
             await client.get("/v1/nowhere")
             for _ in range(3):
                 await client.get("/ready")  # still loading: 503 each time
-            app.state.ready = True
+            AppState.of(app).ready = True
             for _ in range(2):
                 await client.get("/ready")
             await client.get("/v1/models")
