@@ -26,7 +26,7 @@ from localimg.api.state import AppState
 from localimg.config import Settings
 from localimg.service.engine import Engine
 from localimg.service.images import ImageService
-from localimg.service.warmup import warm_up
+from localimg.service.warmup import warm_up_models
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ async def preload_and_warm_up(state: AppState, names: list[str]) -> None:
     try:
         await service.engine.preload(names)
         if sizes:
-            await warm_up(service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes)
+            await warm_up_models(
+                service.engine, service.registry, [n for n in names if service.engine.is_loaded(n)], sizes
+            )
     except Exception:
         log.exception("preloading failed")
     else:

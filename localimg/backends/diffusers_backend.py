@@ -23,7 +23,7 @@ from localimg.backends.device import (
 )
 from localimg.backends.families import adapter_for
 from localimg.backends.loading import load_pipeline
-from localimg.backends.optimizations import optimize_pipeline, warm_up
+from localimg.backends.optimizations import optimize_pipeline, warm_up_pipeline
 from localimg.backends.previews import DenoisingTap, decode_preview
 from localimg.backends.step_cache import step_cache_scope
 from localimg.errors import OUT_OF_MEMORY, DeviceFailedError, GenerationError, ModelUnavailableError
@@ -115,7 +115,7 @@ class DiffusersBackend:
         self.optimizations = optimize_pipeline(pipe, self.spec, self.device, self.dtype)
         self._pipe = pipe
         clock.lap("optimize")
-        warm_up(self.generate, self.spec, self.optimizations)
+        warm_up_pipeline(self.generate, self.spec, self.optimizations)
         clock.lap("warm_up")
         self.load_phases = clock.phases
         logger.info(

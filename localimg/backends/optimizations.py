@@ -1,7 +1,7 @@
 """Speed options for a loaded diffusers pipeline, from a model's `[models.NAME.optimize]` table.
 
 `resolve_optimizations` (pure) turns the table into concrete on/off decisions for one device and family;
-`optimize_pipeline` applies them once, right after loading; `warm_up` runs the served sizes through the pipeline
+`optimize_pipeline` applies them once, right after loading; `warm_up_pipeline` runs the served sizes through it
 so compilation never lands on a user's request. Lossless options are on by default on CUDA (same seed, same
 image within bf16 rounding); lossy ones (fp8 GEMMs, step caching) only with `preset = "fast"` or explicitly.
 On CPU and MPS only the prompt-embedding cache is on by default: compiling there costs more than it gives.
@@ -161,7 +161,9 @@ def optimize_pipeline(pipe: DiffusionPipeline, spec: ModelSpec, device: DeviceIn
     return plan
 
 
-def warm_up(generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, plan: OptimizationPlan) -> float:
+def warm_up_pipeline(
+    generate: Callable[[list[GenerationPlan]], object], spec: ModelSpec, plan: OptimizationPlan
+) -> float:
     """Run every size of `plan.warmup_sizes` once per distinct quality preset shape (guidance on/off, text
     length), so that compilation and CUDA-graph capture happen now rather than on a request. Compiled models
     that batch also run a batch of two: torch then makes the batch size dynamic (unless `compile_dynamic` is

@@ -27,7 +27,7 @@ def parse_sizes(sizes: tuple[str, ...]) -> list[ImageSize]:
     return [size for size in parsed if size is not None]
 
 
-async def warm_up(engine: Engine, registry: Registry, models: list[str], sizes: tuple[str, ...]) -> None:
+async def warm_up_models(engine: Engine, registry: Registry, models: list[str], sizes: tuple[str, ...]) -> None:
     for name in models:
         spec = registry.resolve(name)
         if spec is None:

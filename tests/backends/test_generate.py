@@ -223,7 +223,7 @@ def test_a_failure_while_preparing_leaves_nothing_loaded(registry: Registry, mon
     def failing_warm_up(*args: object) -> float:
         raise GenerationError("out of memory during the warm-up", code="out_of_memory")
 
-    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up", failing_warm_up)
+    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up_pipeline", failing_warm_up)
     backend = DiffusersBackend(spec, resolve_device("cpu"))
     with pytest.raises(ModelUnavailableError) as info:
         backend.load()
@@ -277,11 +277,11 @@ def test_a_device_failure_in_the_warm_up_fails_the_device_not_just_the_model(
     assert spec is not None
     backend = inject_faults(DiffusersBackend(spec, resolve_device("cpu")), OomBudget(0), device_failure=True)
 
-    def warm_up(generate, spec, plan) -> float:  # a warm-up whose first call meets the failure
+    def failing_first_call(generate, spec, plan) -> float:  # a warm-up whose first call meets the failure
         generate([dataclasses.replace(plan_for(backend, (1,)), prompt=DEVICE_FAILURE_PROMPT)])
         return 0.0
 
-    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up", warm_up)
+    monkeypatch.setattr("localimg.backends.diffusers_backend.warm_up_pipeline", failing_first_call)
     with pytest.raises(DeviceFailedError) as info:
         backend.load()
     assert "an illegal memory access" in info.value.message

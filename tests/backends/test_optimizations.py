@@ -18,7 +18,7 @@ from localimg.backends.optimizations import (
     cloning_outputs,
     resolve_optimizations,
     set_sdpa_priority,
-    warm_up,
+    warm_up_pipeline,
 )
 from localimg.registry import ImageSize, OptimizeSettings, Registry
 
@@ -212,7 +212,7 @@ def test_a_compiled_model_that_batches_warms_up_a_batch_of_two(
         OptimizeSettings(compile=compiled, compile_vae=compiled, warmup_sizes=(size,)), "flux", *CUDA_H100, size
     )
     calls: list[list[GenerationPlan]] = []
-    warm_up(calls.append, spec, plan)
+    warm_up_pipeline(calls.append, spec, plan)
     assert [[p.n for p in call] for call in calls] == [[n] for n in batches]
 
 
