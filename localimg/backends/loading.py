@@ -8,6 +8,7 @@ Finding the weights (`locate_weights`, `weights_problem`) is file checks only an
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from localimg.backends.checkpoint import absent_components, check_checkpoint
+from localimg.backends.checkpoint import absent_components, check_checkpoint, read_json
 from localimg.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -39,9 +40,12 @@ class LocatedWeights:
 
     folder: Path  # the diffusers folder; for a single-file model, its config folder
     file: Path | None = None  # the single-file checkpoint, if any
+    variant: str | None = None  # the saved variant of the folder's weights to load (fp16), None for the plain ones
 
     def describe(self) -> str:
-        return str(self.folder) if self.file is None else f"{self.file} (config {self.folder})"
+        if self.file is not None:
+            return f"{self.file} (config {self.folder})"
+        return str(self.folder) if self.variant is None else f"{self.folder} ({self.variant} weights)"
 
 
 def locate_weights(spec: ModelSpec) -> LocatedWeights:
@@ -63,14 +67,10 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
                 "source.path in models.toml.",
                 code="model_weights_missing",
             )
-        _check_folder(spec, folder, need_weights=True)
-        check_checkpoint(spec, folder)
-        return LocatedWeights(folder)
+        return _diffusers_folder(spec, folder)
     if source.repo is not None:
         folder = _cached_snapshot(spec, source.repo, source.revision)
-        _check_folder(spec, folder, need_weights=True)
-        check_checkpoint(spec, folder)
-        return LocatedWeights(folder)
+        return _diffusers_folder(spec, folder)
     assert source.file is not None and source.config is not None
     file = source.file
     if not file.is_file():
@@ -106,6 +106,12 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     return LocatedWeights(config, file)
 
 
+def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
+    _check_folder(spec, folder, need_weights=True)
+    check_checkpoint(spec, folder)
+    return LocatedWeights(folder, variant=_weights_variant(spec, folder))
+
+
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
     """Why the model's files cannot be loaded (missing, refused by its pickle policy, or another kind of model than
     models.toml declares), or None when they are in place. File checks only: a file that is present but corrupt
@@ -127,6 +133,7 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
                 str(weights.folder),
                 dtype=dtype,
                 local_files_only=True,
+                variant=weights.variant,
                 # None lets diffusers fall back to pickles where a component has no .safetensors.
                 use_safetensors=None if spec.allow_pickle else True,
                 # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
@@ -189,3 +196,60 @@ def _files(folder: Path) -> Iterable[Path]:
         relative = file.relative_to(folder).parts
         if not any(part.startswith(".") for part in relative) and file.is_file():
             yield file
+
+
+# A component's weight file as diffusers and transformers name it, possibly sharded, possibly a saved variant:
+# `diffusion_pytorch_model.safetensors`, `model-00001-of-00002.safetensors`, `model.fp16.safetensors`.
+_WEIGHT_FILE = re.compile(
+    r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>\w+))?(?:-\d+-of-\d+)?(?P<suffix>\.safetensors|\.bin)$"
+)
+
+
+def _weights_variant(spec: ModelSpec, folder: Path) -> str | None:
+    """The saved variant of the weights to load: models.toml's `source.variant`; else none (the plain files) when
+    every component has plain files; else the one variant the others all have, as when only the `*.fp16.*` files
+    were downloaded. diffusers loads a component's plain files where it lacks the chosen variant."""
+    found = _weight_variants(folder, SAFE_SUFFIXES | PICKLE_SUFFIXES if spec.allow_pickle else SAFE_SUFFIXES)
+    wanted = spec.source.variant
+    if wanted is not None:
+        if not any(wanted in variants for variants in found.values()):
+            raise ModelUnavailableError(
+                f"model {spec.name!r}: source.variant = {wanted!r}, but no component of {folder} has weights saved as "
+                f"{wanted!r} (*.{wanted}.safetensors; found: {_describe_variants(found)}).",
+                code="model_weights_missing",
+            )
+        return wanted
+    without_plain = {component: variants for component, variants in found.items() if None not in variants}
+    if not without_plain:
+        return None
+    shared = set.intersection(*without_plain.values())
+    if len(shared) == 1:
+        return str(shared.pop())
+    common = "several saved variants" if shared else "no saved variant"
+    raise ModelUnavailableError(
+        f"model {spec.name!r}: {', '.join(sorted(without_plain))} in {folder} have no plain weight files and "
+        f"{common} in common (found: {_describe_variants(found)}); set source.variant in models.toml to the one to "
+        "load, or add the plain weights.",
+        code="model_weights_missing",
+    )
+
+
+def _weight_variants(folder: Path, suffixes: frozenset[str]) -> dict[str, set[str | None]]:
+    """For each component model_index.json names, the variants its loadable weight files are saved as (None:
+    plain)."""
+    found: dict[str, set[str | None]] = {}
+    for component, value in read_json(folder / "model_index.json").items():
+        if not (isinstance(value, list) and value and value[0] is not None and (folder / component).is_dir()):
+            continue
+        matches = (_WEIGHT_FILE.match(file.name) for file in (folder / component).iterdir())
+        variants = {match["variant"] for match in matches if match and match["suffix"] in suffixes}
+        if variants:
+            found[component] = variants
+    return found
+
+
+def _describe_variants(found: dict[str, set[str | None]]) -> str:
+    def names(variants: set[str | None]) -> str:
+        return ", ".join(sorted("plain" if variant is None else variant for variant in variants))
+
+    return "; ".join(f"{component}: {names(variants)}" for component, variants in sorted(found.items())) or "none"

@@ -8,6 +8,7 @@ File format (every key is documented in README.md):
     family = "flux"                                   # flux | sd15 | sdxl | sd3
     source = { repo = "black-forest-labs/FLUX.1-schnell", revision = "main" }
     #        { path = "/models/flux-schnell" }          a local diffusers folder
+    #        { path = "/models/sdxl", variant = "fp16" } (path or repo) load the *.fp16.safetensors weights
     #        { file = "x.safetensors", config = "DIR" } a single-file checkpoint + a local config folder
     aliases = ["gpt-image-2", "dall-e-3"]
     default_size = "1024x1024"
@@ -79,6 +80,8 @@ VARIANTS: Mapping[Family, tuple[str, ...]] = {
 REFERENCE_VARIANTS = frozenset({"kontext"})
 MAX_INPUT_IMAGES = 16  # OpenAI's limit for `image[]` on /v1/images/edits
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# diffusers' `variant` of saved weights: the word between a weight file's name and suffix (model.fp16.safetensors).
+_WEIGHTS_VARIANT = re.compile(r"^\w+$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -336,17 +339,20 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     if len(kinds) != 1:
         raise RegistryError(f"{ctx}: source needs exactly one of 'path', 'repo', 'file' (got {sorted(value)})")
     kind = kinds[0]
-    allowed = {"path": {"path"}, "repo": {"repo", "revision"}, "file": {"file", "config"}}[kind]
+    allowed = {"path": {"path", "variant"}, "repo": {"repo", "revision", "variant"}, "file": {"file", "config"}}[kind]
     reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} source")
     for key, item in value.items():
         if not isinstance(item, str) or not item:
             raise RegistryError(f"{ctx}: source.{key} must be a non-empty string")
+    variant = value.get("variant")
+    if variant is not None and not _WEIGHTS_VARIANT.match(variant):
+        raise RegistryError(f"{ctx}: source.variant = {variant!r}; expected a variant name such as 'fp16'")
     if kind == "path":
-        return ModelSource(path=resolve_path(value["path"], base_dir))
+        return ModelSource(path=resolve_path(value["path"], base_dir), variant=variant)
     if kind == "repo":
         if value["repo"].count("/") != 1:
             raise RegistryError(f"{ctx}: source.repo = {value['repo']!r}; expected 'owner/name'")
-        return ModelSource(repo=value["repo"], revision=value.get("revision", "main"))
+        return ModelSource(repo=value["repo"], revision=value.get("revision", "main"), variant=variant)
     if "config" not in value:
         raise RegistryError(f"{ctx}: source.file needs source.config (a local diffusers folder or repo id)")
     config = value["config"]
@@ -366,6 +372,8 @@ def _parse_matting(table: Any, base_dir: Path, where: str) -> MattingSpec:
     source = _parse_source(table["source"], base_dir, ctx)
     if source.file is not None:
         raise RegistryError(f"{ctx}: source must be a path or repo (a transformers model folder), not a file")
+    if source.variant is not None:
+        raise RegistryError(f"{ctx}: source.variant is for diffusers models; a matting model loads its plain weights")
     input_size = typed_value(table, "input_size", int, 1024, ctx)
     if not 64 <= input_size <= 4096:
         raise RegistryError(f"{ctx}: input_size must be an integer in 64..4096")

@@ -74,12 +74,14 @@ class ModelSource:
     revision: str = "main"
     file: Path | None = None
     config: str | None = None  # single-file only: a local diffusers folder or a cached repo id
+    variant: str | None = None  # path/repo only: load the weights saved as this variant (fp16: *.fp16.safetensors)
 
     def describe(self) -> str:
+        weights = f", {self.variant} weights" if self.variant else ""
         if self.path is not None:
-            return f"local folder {self.path}"
+            return f"local folder {self.path}{weights}"
         if self.repo is not None:
-            return f"Hugging Face cache entry {self.repo}@{self.revision}"
+            return f"Hugging Face cache entry {self.repo}@{self.revision}{weights}"
         return f"single file {self.file} (config {self.config})"
 
 

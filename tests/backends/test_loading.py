@@ -265,3 +265,82 @@ def test_limits_the_checkpoint_cannot_make_are_refused_before_loading(registry: 
     unavailable(with_source(flux, path=coarse), "multiples of 32", "limits.multiple_of = 16")
     # limits.multiple_of = 8 on FLUX is fine: every size that reaches the pipeline is a multiple of 16 anyway.
     assert weights_problem(dataclasses.replace(flux, limits=dataclasses.replace(flux.limits, multiple_of=8))) is None
+
+
+@pytest.fixture(scope="module")
+def fp16_only_sd15(sd15: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-sd15 as `hf download <repo> --include "*.fp16.safetensors" "*.json" "*.txt"` leaves it: each component's
+    weights only as its fp16 variant."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("fp16") / "tiny-sd15"
+    pipeline = StableDiffusionPipeline.from_pretrained(sd15.source.path, dtype=torch.float16)
+    pipeline.save_pretrained(folder, variant="fp16")
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    return folder
+
+
+def test_a_folder_of_only_variant_weights_loads_them(sd15: ModelSpec, fp16_only_sd15: Path):
+    spec = with_source(sd15, path=fp16_only_sd15)
+    weights = locate_weights(spec)
+    assert weights.variant == "fp16" and weights.describe() == f"{fp16_only_sd15} (fp16 weights)"
+    generates(spec)
+
+
+def test_the_plain_weights_load_unless_the_source_names_a_variant(sd15: ModelSpec, tmp_path: Path):
+    """A full download has both; `source.variant = "fp16"` reads the half-size files instead."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    assert sd15.source.path is not None
+    folder = shutil.copytree(sd15.source.path, tmp_path / "both")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():
+        unet.conv_in.bias.fill_(0.25)  # marks the variant's weights apart from the plain ones
+    unet.save_pretrained(folder / "unet", variant="fp16")
+    plain = load_pipeline(with_source(sd15, path=folder), StableDiffusionPipeline, torch.float32)
+    assert not torch.all(plain.unet.conv_in.bias == 0.25)
+    chosen = load_pipeline(with_source(sd15, path=folder, variant="fp16"), StableDiffusionPipeline, torch.float32)
+    assert torch.all(chosen.unet.conv_in.bias == 0.25)  # the variant where saved, plain weights elsewhere
+
+
+def test_variant_mistakes_say_what_the_folder_holds(sd15: ModelSpec, fp16_only_sd15: Path, tmp_path: Path):
+    assert sd15.source.path is not None
+    error = unavailable(
+        with_source(sd15, path=sd15.source.path, variant="bf16"),
+        "source.variant = 'bf16'",
+        "unet: plain",
+    )
+    assert error.code == "model_weights_missing"
+    # Two variants and no plain files: which one is the operator's choice.
+    folder = shutil.copytree(fp16_only_sd15, tmp_path / "two")
+    for weights in folder.glob("*/*.fp16.safetensors"):
+        shutil.copy(weights, weights.with_name(weights.name.replace(".fp16.", ".non_ema.")))
+    unavailable(with_source(sd15, path=folder), "text_encoder, unet, vae in", "unet: fp16, non_ema", "source.variant")
+    assert locate_weights(with_source(sd15, path=folder, variant="non_ema")).variant == "non_ema"
+
+
+def test_only_component_weight_files_name_the_variant(sd15: ModelSpec, fp16_only_sd15: Path, tmp_path: Path):
+    """Sharded variant files count; a checkpoint beside the components (`sd3.5_large.safetensors` at a repo's
+    top) and files of other formats do not."""
+    folder = shutil.copytree(fp16_only_sd15, tmp_path / "sharded")
+    unet = folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    unet.rename(unet.with_name("diffusion_pytorch_model.fp16-00001-of-00002.safetensors"))
+    assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
+    assert sd15.source.path is not None
+    plain = shutil.copytree(sd15.source.path, tmp_path / "plain")
+    (plain / "sd3.5_large.safetensors").write_bytes(b"")
+    (plain / "unet" / "openvino_model.xml").write_bytes(b"")
+    (plain / "unet" / "diffusion_flax_model.msgpack").write_bytes(b"")
+    assert locate_weights(with_source(sd15, path=plain)).variant is None
+
+
+def test_variant_safetensors_are_chosen_over_plain_pickles(
+    sd15: ModelSpec, pickled_sd15: Path, fp16_only_sd15: Path, tmp_path: Path
+):
+    folder = shutil.copytree(pickled_sd15, tmp_path / "pickles-and-fp16")
+    for component in ("unet", "vae"):
+        shutil.copy(fp16_only_sd15 / component / "diffusion_pytorch_model.fp16.safetensors", folder / component)
+    assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
+    generates(with_source(sd15, path=folder))
+    assert locate_weights(with_source(sd15, path=folder, allow_pickle=True)).variant is None

@@ -73,7 +73,7 @@ def test_full_entry(tmp_path):
         """
 [models.sdxl]
 family = "sdxl"
-source = { repo = "stabilityai/stable-diffusion-xl-base-1.0", revision = "abc123" }
+source = { repo = "stabilityai/stable-diffusion-xl-base-1.0", revision = "abc123", variant = "fp16" }
 default_size = "1024x768"
 max_batch = 2
 allow_pickle = true
@@ -91,6 +91,7 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
     spec = registry.resolve("sdxl")
     assert registry.default_model == "sdxl"
     assert spec.source.repo == "stabilityai/stable-diffusion-xl-base-1.0" and spec.source.revision == "abc123"
+    assert spec.source.variant == "fp16" and registry.resolve("single").source.variant is None
     assert spec.default_size == ImageSize(1024, 768) and spec.max_batch == 2 and spec.allow_pickle
     assert spec.dtype == {"cuda": "float16"}
     assert spec.limits.max_side == 1536 and spec.limits.multiple_of == 64 and spec.limits.min_side == 256
@@ -141,6 +142,11 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL.replace('["gpt-image-1", "dall-e-3"]', '["flux"]'), ["alias 'flux'"]),
         ('[models.x]\nfamily = "sd15"\nsource = { repo = "no-slash" }\n', ["source.repo", "owner/name"]),
         ('[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors" }\n', ["source.config"]),
+        ('[models.x]\nfamily = "sd15"\nsource = { path = "x", variant = "fp-16" }\n', ["source.variant", "fp-16"]),
+        (
+            '[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors", config = "o/n", variant = "fp16" }\n',
+            ["'variant'"],
+        ),
         ("default_model = 'x'\n", ["at least one"]),
         ("models = [", ["not valid TOML"]),
         (MINIMAL + "\n[server]\nport = 1\n", ["top level", "'server'"]),
@@ -182,7 +188,7 @@ EVERY_KEY: dict[str, Any] = {
     "models": {
         "flux": {
             "family": "flux",
-            "source": {"path": "w/flux"},
+            "source": {"path": "w/flux", "variant": "fp16"},
             "aliases": ["gpt-image-1"],
             "description": "d",
             "default_size": "1024x1024",

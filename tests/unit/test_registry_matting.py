@@ -53,6 +53,7 @@ def test_repo_with_opt_in(tmp_path):
         ('[matting]\nsource = { path = "x" }\nfoo = 1\n', ["[matting]: unknown key(s) 'foo'"]),
         ('[matting]\nsource = { file = "x.safetensors", config = "c" }\n', ["not a file"]),
         ('[matting]\nsource = { repo = "rmbg" }\n', ["expected 'owner/name'"]),
+        ('[matting]\nsource = { path = "x", variant = "fp16" }\n', ["source.variant is for diffusers models"]),
         (
             '[matting]\nsource = { path = "x" }\ntrust_remote_code = "yes"\n',
             ["trust_remote_code must be true or false"],
