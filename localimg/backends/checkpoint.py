@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from localimg.errors import ModelUnavailableError
 
@@ -28,10 +28,11 @@ _UNSERVED_FLUX = ("FluxControl", "FluxPriorRedux")
 API_MULTIPLE = 16
 
 
-def check_checkpoint(spec: ModelSpec, folder: Path) -> None:
+def check_checkpoint(spec: ModelSpec, folder: Path, *, single_file: bool = False) -> None:
     """Raise ModelUnavailableError when the folder is not the kind of checkpoint `spec` declares, or cannot make
-    every size `spec.limits` admits."""
-    _check_kind(spec, folder)
+    every size `spec.limits` admits. `single_file`: the folder only configures a single-file checkpoint, whose
+    weights may be another variant's of the same architecture (FLUX.1 Kontext's file with FLUX.1 dev's configs)."""
+    _check_kind(spec, folder, single_file)
     _check_sizes(spec, size_rule(spec.family, folder))
 
 
@@ -81,7 +82,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _check_kind(spec: ModelSpec, folder: Path) -> None:
+def _check_kind(spec: ModelSpec, folder: Path, single_file: bool) -> None:
     class_name = str(read_json(folder / "model_index.json").get("_class_name") or "pipeline of unnamed class")
     family = next((family for prefix, family in _FAMILY_OF_CLASS if class_name.startswith(prefix)), None)
     where = f"model {spec.name!r}: {folder} holds a {class_name}"
@@ -100,6 +101,12 @@ def _check_kind(spec: ModelSpec, folder: Path) -> None:
         if fill != (spec.variant == "fill"):
             hint = 'set variant = "fill"' if fill else 'remove variant = "fill"'
             _refuse(f"{where} whose transformer {'is' if fill else 'is not'} FLUX.1 Fill's; {hint}.")
+        # Kontext's transformer is the base one's shape: only the pipeline class tells them apart.
+        kontext = class_name.startswith("FluxKontext")
+        if not fill and not single_file and kontext != (spec.variant == "kontext"):
+            if kontext:
+                _refuse(f"{where} (FLUX.1 Kontext) but models.toml declares variant = {spec.variant!r}; set 'kontext'.")
+            _refuse(f"{where}, not FLUX.1 Kontext, but models.toml declares variant = 'kontext'; remove it.")
     if spec.family in ("sd15", "sdxl") and read_json(folder / "unet" / "config.json").get("in_channels", 4) != 4:
         _refuse(
             f"{where} whose UNet takes extra input channels (an inpainting, pix2pix or depth checkpoint); localimg "
@@ -127,5 +134,5 @@ def _check_sizes(spec: ModelSpec, rule: SizeRule | None) -> None:
         )
 
 
-def _refuse(message: str, code: str = "model_kind_mismatch") -> None:
+def _refuse(message: str, code: str = "model_kind_mismatch") -> NoReturn:
     raise ModelUnavailableError(message, code=code)

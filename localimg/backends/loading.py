@@ -8,17 +8,13 @@ Finding the weights (`locate_weights`, `weights_problem`) is file checks only an
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
-
-from localimg.backends.checkpoint import absent_components, check_checkpoint, read_json
+from localimg.backends.checkpoint import absent_components, check_checkpoint
+from localimg.backends.components import PICKLE_OPT_IN, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_components
+from localimg.backends.hub_cache import cached_snapshot
 from localimg.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -28,10 +24,6 @@ if TYPE_CHECKING:
     from localimg.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-SAFE_SUFFIXES = frozenset({".safetensors"})
-PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth"})
-_PICKLE_OPT_IN = "set `allow_pickle = true` in this model's models.toml table if you trust the files"
 
 
 @dataclass(frozen=True)
@@ -69,7 +61,7 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
             )
         return _diffusers_folder(spec, folder)
     if source.repo is not None:
-        folder = _cached_snapshot(spec, source.repo, source.revision)
+        folder = cached_snapshot(f"model {spec.name!r}", source.repo, source.revision)
         return _diffusers_folder(spec, folder)
     assert source.file is not None and source.config is not None
     file = source.file
@@ -82,7 +74,7 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     if file.suffix in PICKLE_SUFFIXES and not spec.allow_pickle:
         raise ModelUnavailableError(
             f"model {spec.name!r}: {file} is a pickled checkpoint and pickles are refused by default; use a "
-            f".safetensors file or {_PICKLE_OPT_IN}.",
+            f".safetensors file or {PICKLE_OPT_IN}.",
             code="model_weights_pickled",
         )
     if file.suffix not in SAFE_SUFFIXES | PICKLE_SUFFIXES:
@@ -100,16 +92,16 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
                 code="model_weights_missing",
             )
     else:
-        config = _cached_snapshot(spec, source.config, "main")
-    _check_folder(spec, config, need_weights=False)
-    check_checkpoint(spec, config)
+        config = cached_snapshot(f"model {spec.name!r}", source.config, "main")
+    check_components(spec, config, need_weights=False)
+    check_checkpoint(spec, config, single_file=True)
     return LocatedWeights(config, file)
 
 
 def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
-    _check_folder(spec, folder, need_weights=True)
+    variant = check_components(spec, folder, need_weights=True)
     check_checkpoint(spec, folder)
-    return LocatedWeights(folder, variant=_weights_variant(spec, folder))
+    return LocatedWeights(folder, variant=variant)
 
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
@@ -148,108 +140,3 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
             f"{type(exc).__name__}: {exc}",
             code="model_load_failed",
         ) from exc
-
-
-def _cached_snapshot(spec: ModelSpec, repo: str, revision: str) -> Path:
-    """The snapshot folder of repo@revision (a branch, tag or commit) in the local Hugging Face cache."""
-    try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError as exc:
-        # Read at call time, so HF_HOME/HF_HUB_CACHE (and tests patching the constant) are honoured.
-        cache = hf_constants.HF_HUB_CACHE
-        raise ModelUnavailableError(
-            f"model {spec.name!r}: {repo}@{revision} is not (completely) in the Hugging Face cache at {cache}. On a "
-            f"connected machine run `hf download {repo} --revision {revision}` and copy its cache folder "
-            f"(models--{repo.replace('/', '--')}) into {cache}, or set HF_HUB_CACHE/HF_HOME to where it lives, "
-            "or point source.path at a diffusers folder.",
-            code="model_weights_missing",
-        ) from exc
-
-
-def _check_folder(spec: ModelSpec, folder: Path, *, need_weights: bool) -> None:
-    """Refuse folders whose components only have pickled weights (unless allowed) or no weights at all."""
-    safe: set[Path] = set()
-    pickled: set[Path] = set()
-    for file in _files(folder):
-        if file.suffix in SAFE_SUFFIXES:
-            safe.add(file.parent)
-        elif file.suffix in PICKLE_SUFFIXES:
-            pickled.add(file.parent)
-    if need_weights and not safe and not pickled:
-        raise ModelUnavailableError(
-            f"model {spec.name!r}: {folder} holds no weight files (.safetensors); the download looks incomplete.",
-            code="model_weights_missing",
-        )
-    pickle_only = sorted(pickled - safe)
-    if pickle_only and not spec.allow_pickle:
-        names = ", ".join(str(d.relative_to(folder)) if d != folder else "." for d in pickle_only)
-        raise ModelUnavailableError(
-            f"model {spec.name!r}: {folder} has only pickled weights (.bin/.ckpt/.pt/.pth) for {names}, and pickles "
-            f"are refused by default; convert them to .safetensors or {_PICKLE_OPT_IN}.",
-            code="model_weights_pickled",
-        )
-
-
-def _files(folder: Path) -> Iterable[Path]:
-    # Hub-cache snapshots are symlinks into blobs/, which rglob lists as files; dot-folders hold download metadata.
-    for file in folder.rglob("*"):
-        relative = file.relative_to(folder).parts
-        if not any(part.startswith(".") for part in relative) and file.is_file():
-            yield file
-
-
-# A component's weight file as diffusers and transformers name it, possibly sharded, possibly a saved variant:
-# `diffusion_pytorch_model.safetensors`, `model-00001-of-00002.safetensors`, `model.fp16.safetensors`.
-_WEIGHT_FILE = re.compile(
-    r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>\w+))?(?:-\d+-of-\d+)?(?P<suffix>\.safetensors|\.bin)$"
-)
-
-
-def _weights_variant(spec: ModelSpec, folder: Path) -> str | None:
-    """The saved variant of the weights to load: models.toml's `source.variant`; else none (the plain files) when
-    every component has plain files; else the one variant the others all have, as when only the `*.fp16.*` files
-    were downloaded. diffusers loads a component's plain files where it lacks the chosen variant."""
-    found = _weight_variants(folder, SAFE_SUFFIXES | PICKLE_SUFFIXES if spec.allow_pickle else SAFE_SUFFIXES)
-    wanted = spec.source.variant
-    if wanted is not None:
-        if not any(wanted in variants for variants in found.values()):
-            raise ModelUnavailableError(
-                f"model {spec.name!r}: source.variant = {wanted!r}, but no component of {folder} has weights saved as "
-                f"{wanted!r} (*.{wanted}.safetensors; found: {_describe_variants(found)}).",
-                code="model_weights_missing",
-            )
-        return wanted
-    without_plain = {component: variants for component, variants in found.items() if None not in variants}
-    if not without_plain:
-        return None
-    shared = set.intersection(*without_plain.values())
-    if len(shared) == 1:
-        return str(shared.pop())
-    common = "several saved variants" if shared else "no saved variant"
-    raise ModelUnavailableError(
-        f"model {spec.name!r}: {', '.join(sorted(without_plain))} in {folder} have no plain weight files and "
-        f"{common} in common (found: {_describe_variants(found)}); set source.variant in models.toml to the one to "
-        "load, or add the plain weights.",
-        code="model_weights_missing",
-    )
-
-
-def _weight_variants(folder: Path, suffixes: frozenset[str]) -> dict[str, set[str | None]]:
-    """For each component model_index.json names, the variants its loadable weight files are saved as (None:
-    plain)."""
-    found: dict[str, set[str | None]] = {}
-    for component, value in read_json(folder / "model_index.json").items():
-        if not (isinstance(value, list) and value and value[0] is not None and (folder / component).is_dir()):
-            continue
-        matches = (_WEIGHT_FILE.match(file.name) for file in (folder / component).iterdir())
-        variants = {match["variant"] for match in matches if match and match["suffix"] in suffixes}
-        if variants:
-            found[component] = variants
-    return found
-
-
-def _describe_variants(found: dict[str, set[str | None]]) -> str:
-    def names(variants: set[str | None]) -> str:
-        return ", ".join(sorted("plain" if variant is None else variant for variant in variants))
-
-    return "; ".join(f"{component}: {names(variants)}" for component, variants in sorted(found.items())) or "none"

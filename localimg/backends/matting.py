@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 
 from localimg.backends.base import DeviceInfo
 from localimg.backends.device import raise_unless_out_of_memory, torch_device
+from localimg.backends.hub_cache import cached_snapshot
 from localimg.errors import OUT_OF_MEMORY, GenerationError, ModelUnavailableError
 from localimg.imaging.alpha import KeyColourMatting, Matting
 
@@ -129,15 +128,7 @@ def locate_matting_weights(spec: MattingSpec) -> Path:
         folder = source.path
     else:
         assert source.repo is not None
-        try:
-            folder = Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
-        except LocalEntryNotFoundError as exc:
-            raise ModelUnavailableError(
-                f"[matting] model {source.repo}@{source.revision} is not in the Hugging Face cache; on a connected "
-                f"machine run `hf download {source.repo} --revision {source.revision}` and copy the cache here, "
-                "or point [matting] source.path at a local folder.",
-                code="model_weights_missing",
-            ) from exc
+        folder = cached_snapshot("[matting] model", source.repo, source.revision)
     if not (folder / "config.json").is_file():
         what = "does not exist" if not folder.exists() else "has no config.json"
         raise ModelUnavailableError(f"[matting] model folder {folder} {what}.", code="model_weights_missing")

@@ -350,16 +350,28 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     if kind == "path":
         return ModelSource(path=resolve_path(value["path"], base_dir), variant=variant)
     if kind == "repo":
-        if value["repo"].count("/") != 1:
-            raise RegistryError(f"{ctx}: source.repo = {value['repo']!r}; expected 'owner/name'")
+        if not _is_repo_id(value["repo"]):
+            raise RegistryError(
+                f"{ctx}: source.repo = {value['repo']!r}; expected 'owner/name' (letters, digits, '-', '_', '.')"
+            )
         return ModelSource(repo=value["repo"], revision=value.get("revision", "main"), variant=variant)
     if "config" not in value:
         raise RegistryError(f"{ctx}: source.file needs source.config (a local diffusers folder or repo id)")
     config = value["config"]
-    # A config is a repo id ("owner/name") read from the cache, or a folder (relative to the file).
-    if not (config.count("/") == 1 and not config.startswith((".", "/")) and not (base_dir / config).exists()):
+    # A config is a repo id ("owner/name") read from the cache, or a folder (relative to the file, or ~/...).
+    if not _is_repo_id(config) or (base_dir / config).exists():
         config = str(resolve_path(config, base_dir))
     return ModelSource(file=resolve_path(value["file"], base_dir), config=config)
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
 
 
 def _parse_matting(table: Any, base_dir: Path, where: str) -> MattingSpec:

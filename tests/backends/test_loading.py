@@ -43,22 +43,29 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sd15: ModelSpec) -
     """A Hugging Face hub cache holding REPO at commit SHA (branch main), laid out as `hf download` leaves it."""
     assert sd15.source.path is not None
     cache = tmp_path / "hub"
-    entry = cache / f"models--{REPO.replace('/', '--')}"
-    snapshot = entry / "snapshots" / SHA
-    for file in sorted(sd15.source.path.rglob("*")):
+    add_to_cache(cache, REPO, SHA, sd15.source.path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def add_to_cache(cache: Path, repo: str, commit: str, folder: Path, ref: str = "main") -> Path:
+    """Put `folder`'s files into the cache as repo@commit: content-addressed blobs, the snapshot's files symlinks
+    to them, the ref naming the commit. Returns the snapshot folder."""
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = entry / "snapshots" / commit
+    for file in sorted(folder.rglob("*")):
         if not file.is_file():
             continue
         data = file.read_bytes()
         blob = entry / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
-        link = snapshot / file.relative_to(sd15.source.path)
+        link = snapshot / file.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (entry / "refs").mkdir()
-    (entry / "refs" / "main").write_text(SHA)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
+    (entry / "refs").mkdir(exist_ok=True)
+    (entry / "refs" / ref).write_text(commit)
+    return snapshot
 
 
 def with_source(spec: ModelSpec, allow_pickle: bool = False, **source: object) -> ModelSpec:
@@ -166,10 +173,13 @@ def test_safetensors_are_preferred_over_pickles(sd15: ModelSpec, tmp_path: Path)
     generates(with_source(sd15, path=folder))
 
 
-def test_corrupt_weights_fail_with_the_cause(sd15: ModelSpec, tmp_path: Path):
+def test_weights_of_another_model_fail_with_the_cause(sd15: ModelSpec, tmp_path: Path):
+    """A whole safetensors file that is not this UNet's: only loading can tell."""
+    from safetensors.torch import save_file
+
     assert sd15.source.path is not None
     folder = shutil.copytree(sd15.source.path, tmp_path / "corrupt")
-    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    save_file({"conv_in.weight": torch.zeros(3)}, folder / "unet" / "diffusion_pytorch_model.safetensors")
     error = unavailable(with_source(sd15, path=folder), str(folder), "StableDiffusionPipeline", present=True)
     assert error.code == "model_load_failed"
     assert error.__cause__ is not None
@@ -321,18 +331,91 @@ def test_variant_mistakes_say_what_the_folder_holds(sd15: ModelSpec, fp16_only_s
 
 
 def test_only_component_weight_files_name_the_variant(sd15: ModelSpec, fp16_only_sd15: Path, tmp_path: Path):
-    """Sharded variant files count; a checkpoint beside the components (`sd3.5_large.safetensors` at a repo's
-    top) and files of other formats do not."""
+    """Sharded variant files count, in diffusers' older naming too; what a full download of a Stable Diffusion repo
+    holds beside the components does not: single-file checkpoints at its top, other runtimes' copies (OpenVINO's
+    .bin is not a pickle), folders model_index.json does not name."""
     folder = shutil.copytree(fp16_only_sd15, tmp_path / "sharded")
     unet = folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
-    unet.rename(unet.with_name("diffusion_pytorch_model.fp16-00001-of-00002.safetensors"))
+    unet.rename(unet.with_name("diffusion_pytorch_model.fp16-00001-of-00001.safetensors"))
+    vae = folder / "vae" / "diffusion_pytorch_model.fp16.safetensors"
+    vae.rename(vae.with_name("diffusion_pytorch_model-00001-of-00001.fp16.safetensors"))
     assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
     assert sd15.source.path is not None
-    plain = shutil.copytree(sd15.source.path, tmp_path / "plain")
-    (plain / "sd3.5_large.safetensors").write_bytes(b"")
-    (plain / "unet" / "openvino_model.xml").write_bytes(b"")
-    (plain / "unet" / "diffusion_flax_model.msgpack").write_bytes(b"")
-    assert locate_weights(with_source(sd15, path=plain)).variant is None
+    full = shutil.copytree(sd15.source.path, tmp_path / "full")
+    (full / "sd_xl_base_1.0.safetensors").write_bytes(b"")
+    for name in (
+        "unet/openvino_model.xml",
+        "unet/openvino_model.bin",
+        "unet/diffusion_flax_model.msgpack",
+        "vae_decoder/openvino_model.bin",
+        "vae_decoder/model.onnx",
+        "vae_1_0/diffusion_pytorch_model.bin",
+    ):
+        (full / name).parent.mkdir(exist_ok=True)
+        (full / name).write_bytes(b"")  # fmt: skip
+    assert weights_problem(with_source(sd15, path=full)) is None
+    assert locate_weights(with_source(sd15, path=full)).variant is None
+
+
+def test_a_filtered_hub_download_loads(sd15: ModelSpec, fp16_only_sd15: Path, hf_cache: Path):
+    """`hf download REPO --include "*.fp16.safetensors" "*.json"`: huggingface_hub (2.4) calls that snapshot
+    incomplete offline, but it holds all the pipeline needs. The commit may be given by its start, as the Hub's
+    pages show it."""
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    add_to_cache(hf_cache, "acme/fp16", commit, fp16_only_sd15)
+    for revision in ("main", commit, commit[:7]):
+        spec = with_source(sd15, repo="acme/fp16", revision=revision)
+        assert locate_weights(spec).folder.name == commit and locate_weights(spec).variant == "fp16"
+    generates(spec)
+    add_to_cache(hf_cache, "acme/fp16", commit[:7] + "0" * 33, fp16_only_sd15, ref="v2")
+    error = unavailable(with_source(sd15, repo="acme/fp16", revision=commit[:7]), "start of several cached commits")
+    assert error.code == "model_weights_missing"
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _shard(path: Path) -> None:
+    path.rename(path.with_name("diffusion_pytorch_model-00001-of-00002.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragments"),
+    [
+        (("unet", _remove), ["unet/ (in model_index.json) is missing or empty"]),
+        (("unet/diffusion_pytorch_model.safetensors", _remove), ["unet in", "has no weight files"]),
+        (("scheduler/scheduler_config.json", _remove), ["scheduler/ (in model_index.json) is missing or empty"]),
+        (("tokenizer/tokenizer.json", _remove), ["tokenizer has no tokenizer.json or vocab.json"]),
+        (("unet/config.json", _remove), ["unet has no config.json"]),
+        (("unet/diffusion_pytorch_model.safetensors", _shard), ["lacks diffusion_pytorch_model-00002-of-00002"]),
+        (("vae/diffusion_pytorch_model.safetensors", _truncate), ["is cut short", "copy it again"]),
+        (("vae/diffusion_pytorch_model.safetensors", lambda path: path.write_bytes(b"")), ["is 0 bytes long"]),
+        (("model_index.json", _remove), ["not a diffusers folder"]),
+    ],
+    ids=["no-unet", "no-unet-weights", "no-scheduler-config", "no-vocabulary", "no-unet-config", "missing-shard",
+         "truncated", "empty-file", "no-model-index"],
+)  # fmt: skip
+def test_an_incomplete_download_names_what_is_missing(
+    sd15: ModelSpec, hf_cache: Path, tmp_path: Path, damage, fragments
+):
+    """Found by file checks, before loading: diffusers' own errors name another folder, and a missing tokenizer
+    loads as an empty one, failing every request."""
+    relative, harm = damage
+    assert sd15.source.path is not None
+    folder = shutil.copytree(sd15.source.path, tmp_path / "partial")
+    harm(folder / relative)
+    snapshot = add_to_cache(hf_cache, "acme/partial", "ab" * 20, folder)
+    for spec in (with_source(sd15, path=folder), with_source(sd15, repo="acme/partial")):
+        problem = weights_problem(spec)
+        assert problem is not None and problem.code == "model_weights_missing"
+        for fragment in fragments:
+            assert fragment in problem.message, problem.message
+    assert str(snapshot) in problem.message
 
 
 def test_variant_safetensors_are_chosen_over_plain_pickles(

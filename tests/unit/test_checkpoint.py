@@ -37,7 +37,7 @@ VAE8 = {"block_out_channels": [128, 256, 512, 512]}
     [
         ("FluxPipeline", {"in_channels": 64}, "base"),
         ("FluxKontextPipeline", {"in_channels": 64, "out_channels": 64}, "kontext"),
-        ("FluxKontextPipeline", {"in_channels": 64, "out_channels": None}, "base"),
+        ("FluxKontextPipeline", {"in_channels": 64, "out_channels": None}, "kontext"),
         ("FluxFillPipeline", {"in_channels": 384, "out_channels": 64}, "fill"),
         ("FluxPipeline", {"out_channels": 64}, "base"),  # in_channels left at the model's default, 64
         (None, {"in_channels": 64}, "base"),  # no class named: the configs decide
@@ -58,6 +58,10 @@ def test_checkpoints_that_match_their_table_pass(tmp_path: Path, class_name, tra
          ['remove variant = "fill"']),
         ("FluxControlPipeline", "flux", {"variant": "fill"}, {"transformer": {"in_channels": 128, "out_channels": 64}},
          ["FluxControlPipeline", "inputs localimg does not send"]),
+        ("FluxKontextPipeline", "flux", {}, {"transformer": {"in_channels": 64}},
+         ["(FLUX.1 Kontext)", "set 'kontext'"]),
+        ("FluxPipeline", "flux", {"variant": "kontext"}, {"transformer": {"in_channels": 64}},
+         ["not FLUX.1 Kontext", "variant = 'kontext'; remove it"]),
         ("StableDiffusionPipeline", "sd15", {}, {"unet": {"in_channels": 9}}, ["extra input channels"]),
         (None, "sdxl", {}, {"unet": {"in_channels": 8}}, ["pipeline of unnamed class", "pix2pix"]),
     ],
@@ -94,3 +98,9 @@ def test_limits_are_checked_against_what_reaches_the_pipeline(tmp_path: Path):
     check_checkpoint(spec(folder, "flux", limits={"multiple_of": 32}), folder)
     sd15 = checkpoint(tmp_path / "sd15", "StableDiffusionPipeline", vae=VAE8, unet={"in_channels": 4})
     check_checkpoint(spec(sd15, "sd15", limits={"multiple_of": 8}), sd15)  # sizes are multiples of 16 anyway
+
+
+def test_a_single_files_configs_may_be_another_variants_of_the_same_shape(tmp_path: Path):
+    """FLUX.1 Kontext's single file is commonly served with FLUX.1 dev's configs: only the class differs."""
+    folder = checkpoint(tmp_path / "m", "FluxPipeline", transformer={"in_channels": 64}, vae=VAE8)
+    check_checkpoint(spec(folder, "flux", variant="kontext"), folder, single_file=True)

@@ -141,6 +141,7 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL + '[models.other]\nfamily = "sd15"\nsource = { path = "x" }\naliases = ["dall-e-3"]\n', ["dall-e-3"]),
         (MINIMAL.replace('["gpt-image-1", "dall-e-3"]', '["flux"]'), ["alias 'flux'"]),
         ('[models.x]\nfamily = "sd15"\nsource = { repo = "no-slash" }\n', ["source.repo", "owner/name"]),
+        ('[models.x]\nfamily = "sd15"\nsource = { repo = "acme/tiny sdxl" }\n', ["source.repo", "owner/name"]),
         ('[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors" }\n', ["source.config"]),
         ('[models.x]\nfamily = "sd15"\nsource = { path = "x", variant = "fp-16" }\n', ["source.variant", "fp-16"]),
         (
@@ -283,3 +284,18 @@ def test_references_model_routes_to_a_model_taking_references(tmp_path):
     fails(tmp_path, MINIMAL + 'references_model = "nope"\n', "[models.flux]", "references_model", "'nope'")
     one_image = KONTEXT.replace("max_input_images = 4", "max_input_images = 1")
     fails(tmp_path, MINIMAL + 'references_model = "kontext"\n' + one_image, "[models.flux]", "takes one input image")
+
+
+def test_a_single_files_config_is_a_cached_repo_or_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "acme" / "local").mkdir(parents=True)
+    configs = {"hub": "acme/base", "home": "~/sdxl", "relative": "acme/local", "absolute": "/srv/sdxl"}
+    text = "".join(
+        f'[models.{name}]\nfamily = "sdxl"\nsource = {{ file = "x.safetensors", config = "{config}" }}\n'
+        for name, config in configs.items()
+    )
+    registry = load(tmp_path, text)
+    assert registry.resolve("hub").source.config == "acme/base"
+    assert registry.resolve("home").source.config == str(tmp_path / "home" / "sdxl")
+    assert registry.resolve("relative").source.config == str(tmp_path / "acme" / "local")  # a folder beside the file
+    assert registry.resolve("absolute").source.config == "/srv/sdxl"
