@@ -33,7 +33,7 @@ def test_models_command_lists_weights_status(tiny_models_toml: Path, tmp_path: P
     lines = result.stdout.splitlines()
     assert any(line.startswith("tiny-flux (default)") and "weights=present" in line for line in lines)
     at = next(i for i, line in enumerate(lines) if line.startswith("absent"))
-    assert "weights=MISSING" in lines[at] and "nobody/absent@main is not (completely) in the" in lines[at + 1]
+    assert "weights=MISSING" in lines[at] and "nobody/absent@main is not in the Hugging Face cache" in lines[at + 1]
     # Weights that are there but are another model than the table declares: the table is what to change.
     at = next(i for i, line in enumerate(lines) if line.startswith("wrong"))
     assert "weights=MISMATCH" in lines[at] and "set family = 'flux'" in lines[at + 1]
