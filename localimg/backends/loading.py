@@ -105,9 +105,9 @@ def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
 
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
-    """Why the model's files cannot be loaded (missing, refused by its pickle policy, or another kind of model than
-    models.toml declares), or None when they are in place. File checks only: a file that is present but corrupt
-    shows only when it loads."""
+    """Why the model's files cannot be loaded (missing or cut short, refused by its pickle policy, or another kind
+    of model than models.toml declares), or None when they are in place. File checks only: a whole file holding
+    the wrong tensors shows only when it loads."""
     try:
         locate_weights(spec)
     except ModelUnavailableError as exc:
