@@ -50,16 +50,18 @@ class _Component:
         return self.weights.get(variant) or self.weights.get(None, [])
 
 
-def check_components(spec: ModelSpec, folder: Path, *, need_weights: bool) -> str | None:
-    """Check every component model_index.json names (`need_weights=False`: a single file brings the weights) and
-    return the saved variant of the weights to load: models.toml's `source.variant`; else None (the plain files)
-    when every component has plain files; else the one variant the others all have, as when only the `*.fp16.*`
-    files were downloaded. Raises ModelUnavailableError naming what is missing."""
+def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str] | None = frozenset()) -> str | None:
+    """Check every component model_index.json names and return the saved variant of the weights to load: models.toml's
+    `source.variant`; else None (the plain files) when every component has plain files; else the one variant the
+    others all have, as when only the `*.fp16.*` files were downloaded. `from_file`: the components whose weights a
+    single file brings instead (None: all of them). Raises ModelUnavailableError naming what is missing."""
     index = read_json(folder / "model_index.json")
     if not index:
         _unavailable(spec, f"{folder} is not a diffusers folder (no readable model_index.json)")
     suffixes = SAFE_SUFFIXES | PICKLE_SUFFIXES if spec.allow_pickle else SAFE_SUFFIXES
     models = [_model(folder / name, suffixes) for name, is_model in _named_components(spec, folder, index) if is_model]
+    if from_file is not None:
+        models = [model for model in models if model.name not in from_file]
     pickled = [model.name for model in models if model.pickled and not model.weights]
     if pickled:
         raise ModelUnavailableError(
@@ -67,7 +69,7 @@ def check_components(spec: ModelSpec, folder: Path, *, need_weights: bool) -> st
             f"and pickles are refused by default; convert them to .safetensors or {PICKLE_OPT_IN}.",
             code="model_weights_pickled",
         )
-    if not need_weights:
+    if from_file is None:
         return None
     empty = [model.name for model in models if not model.weights]
     if empty:
@@ -156,12 +158,12 @@ def _check_files(spec: ModelSpec, model: _Component, files: list[Path]) -> None:
             if missing:
                 _unavailable(spec, f"{model.folder} lacks {', '.join(missing)}; the download looks incomplete")
         if file.suffix == ".safetensors":
-            problem = _safetensors_problem(file)
+            problem = safetensors_problem(file)
             if problem is not None:
                 _unavailable(spec, f"{file} {problem}; copy it again")
 
 
-def _safetensors_problem(file: Path) -> str | None:
+def safetensors_problem(file: Path) -> str | None:
     """Why the file cannot be whole: a safetensors file is an 8-byte header length, a JSON header giving each
     tensor's byte range, then the data; a copy cut short is shorter than the header says."""
     size = file.stat().st_size

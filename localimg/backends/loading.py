@@ -10,10 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from localimg.backends.checkpoint import absent_components, check_checkpoint
-from localimg.backends.components import PICKLE_OPT_IN, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_components
+from localimg.backends.components import (
+    PICKLE_OPT_IN,
+    PICKLE_SUFFIXES,
+    SAFE_SUFFIXES,
+    check_components,
+    safetensors_problem,
+)
 from localimg.backends.hub_cache import cached_snapshot
 from localimg.errors import ModelUnavailableError
 
@@ -25,6 +31,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Single files of these families hold the denoiser alone (`flux1-dev.safetensors`, as Black Forest Labs ships it),
+# or the denoiser beside encoders the config folder has too: the denoiser is read from the file, the rest from the
+# folder. Stable Diffusion 1.5 and XL files hold the whole pipeline.
+_DENOISER_IN_FILE = {"flux": ("transformer", "FluxTransformer2DModel"), "sd3": ("transformer", "SD3Transformer2DModel")}
+
 
 @dataclass(frozen=True)
 class LocatedWeights:
@@ -32,6 +43,7 @@ class LocatedWeights:
 
     folder: Path  # the diffusers folder; for a single-file model, its config folder
     file: Path | None = None  # the single-file checkpoint, if any
+    file_component: str | None = None  # the one component read from the file; None: the file holds the pipeline
     variant: str | None = None  # the saved variant of the folder's weights to load (fp16), None for the plain ones
 
     def describe(self) -> str:
@@ -83,23 +95,29 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
             "(or a pickled .ckpt with allow_pickle = true).",
             code="model_weights_unsupported",
         )
+    problem = safetensors_problem(file) if file.suffix in SAFE_SUFFIXES else None
+    if problem is not None:
+        raise ModelUnavailableError(
+            f"model {spec.name!r}: {file} {problem}; copy it again.", code="model_weights_missing"
+        )
     config = Path(source.config)
     if config.is_absolute():
         if not (config / "model_index.json").is_file():
             raise ModelUnavailableError(
                 f"model {spec.name!r}: source.config {config} is not a diffusers folder (no model_index.json); it "
-                "must hold the pipeline's configs (the base model's diffusers folder, weights optional).",
+                "must hold the pipeline's configs (the base model's diffusers folder).",
                 code="model_weights_missing",
             )
     else:
-        config = cached_snapshot(f"model {spec.name!r}", source.config, "main")
-    check_components(spec, config, need_weights=False)
+        config = cached_snapshot(f"model {spec.name!r}", source.config, source.revision)
+    component = _DENOISER_IN_FILE[spec.family][0] if spec.family in _DENOISER_IN_FILE else None
+    variant = check_components(spec, config, from_file=None if component is None else frozenset({component}))
     check_checkpoint(spec, config, single_file=True)
-    return LocatedWeights(config, file)
+    return LocatedWeights(config, file, component, variant)
 
 
 def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
-    variant = check_components(spec, folder, need_weights=True)
+    variant = check_components(spec, folder)
     check_checkpoint(spec, folder)
     return LocatedWeights(folder, variant=variant)
 
@@ -121,22 +139,43 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
     logger.info("loading model %s (%s) from %s in %s", spec.name, spec.family, weights.describe(), dtype)
     try:
         if weights.file is None:
-            return pipeline_class.from_pretrained(
-                str(weights.folder),
-                dtype=dtype,
-                local_files_only=True,
-                variant=weights.variant,
-                # None lets diffusers fall back to pickles where a component has no .safetensors.
-                use_safetensors=None if spec.allow_pickle else True,
-                # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
-                **dict.fromkeys(absent_components(weights.folder)),
+            return _from_folder(spec, pipeline_class, weights, dtype)
+        if weights.file_component is None:
+            pipeline = pipeline_class.from_single_file(
+                str(weights.file), config=str(weights.folder), dtype=dtype, local_files_only=True
             )
-        return pipeline_class.from_single_file(
-            str(weights.file), config=str(weights.folder), dtype=dtype, local_files_only=True
+            # Some of diffusers' single-file loaders leave a module in training mode (T5: dropout on, so the same
+            # seed gives another image each time); a served model only ever runs inference.
+            for module in pipeline.components.values():
+                if hasattr(module, "eval"):
+                    module.eval()
+            return pipeline
+        import diffusers
+
+        name, class_name = weights.file_component, _DENOISER_IN_FILE[spec.family][1]
+        denoiser = getattr(diffusers, class_name).from_single_file(
+            str(weights.file), config=str(weights.folder), subfolder=name, dtype=dtype, local_files_only=True
         )
+        return _from_folder(spec, pipeline_class, weights, dtype, **{name: denoiser})
     except Exception as exc:  # any failure here means the model cannot be served; keep the cause chained
         raise ModelUnavailableError(
             f"model {spec.name!r}: loading {weights.describe()} as a {pipeline_class.__name__} failed: "
             f"{type(exc).__name__}: {exc}",
             code="model_load_failed",
         ) from exc
+
+
+def _from_folder(
+    spec: ModelSpec, pipeline_class: type[DiffusionPipeline], weights: LocatedWeights, dtype: torch.dtype, **given: Any
+) -> DiffusionPipeline:
+    return pipeline_class.from_pretrained(
+        str(weights.folder),
+        dtype=dtype,
+        local_files_only=True,
+        variant=weights.variant,
+        # None lets diffusers fall back to pickles where a component has no .safetensors.
+        use_safetensors=None if spec.allow_pickle else True,
+        # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
+        **dict.fromkeys(absent_components(weights.folder)),
+        **given,
+    )

@@ -9,7 +9,8 @@ File format (every key is documented in README.md):
     source = { repo = "black-forest-labs/FLUX.1-schnell", revision = "main" }
     #        { path = "/models/flux-schnell" }          a local diffusers folder
     #        { path = "/models/sdxl", variant = "fp16" } (path or repo) load the *.fp16.safetensors weights
-    #        { file = "x.safetensors", config = "DIR" } a single-file checkpoint + a local config folder
+    #        { file = "x.safetensors", config = "DIR" } a single-file checkpoint + a config folder or repo id
+    #                                                   (+ revision = "..." for the repo)
     aliases = ["gpt-image-2", "dall-e-3"]
     default_size = "1024x1024"
     max_batch = 4                                     # images per pipeline call
@@ -339,7 +340,11 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     if len(kinds) != 1:
         raise RegistryError(f"{ctx}: source needs exactly one of 'path', 'repo', 'file' (got {sorted(value)})")
     kind = kinds[0]
-    allowed = {"path": {"path", "variant"}, "repo": {"repo", "revision", "variant"}, "file": {"file", "config"}}[kind]
+    allowed = {
+        "path": {"path", "variant"},
+        "repo": {"repo", "revision", "variant"},
+        "file": {"file", "config", "revision"},
+    }[kind]
     reject_unknown(value, allowed, ctx.split(": ")[0], f"{ctx.split(': ')[1]} source")
     for key, item in value.items():
         if not isinstance(item, str) or not item:
@@ -360,8 +365,11 @@ def _parse_source(value: Any, base_dir: Path, ctx: str) -> ModelSource:
     config = value["config"]
     # A config is a repo id ("owner/name") read from the cache, or a folder (relative to the file, or ~/...).
     if not _is_repo_id(config) or (base_dir / config).exists():
+        if "revision" in value:
+            raise RegistryError(f"{ctx}: source.revision is the revision of a config repo id; config is a folder")
         config = str(resolve_path(config, base_dir))
-    return ModelSource(file=resolve_path(value["file"], base_dir), config=config)
+    revision = value.get("revision", "main")
+    return ModelSource(file=resolve_path(value["file"], base_dir), config=config, revision=revision)
 
 
 def _is_repo_id(text: str) -> bool:

@@ -82,7 +82,8 @@ class ModelSource:
             return f"local folder {self.path}{weights}"
         if self.repo is not None:
             return f"Hugging Face cache entry {self.repo}@{self.revision}{weights}"
-        return f"single file {self.file} (config {self.config})"
+        at = f"@{self.revision}" if self.revision != "main" else ""
+        return f"single file {self.file} (config {self.config}{at})"
 
 
 def resolve_path(text: str, base_dir: Path) -> Path:

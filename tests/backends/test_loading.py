@@ -81,7 +81,8 @@ def unavailable(spec: ModelSpec, *fragments: str, present: bool = False) -> Mode
     return info.value
 
 
-def generates(spec: ModelSpec) -> None:
+def generates(spec: ModelSpec) -> bytes:
+    """The pixels of one small image the model makes (a fixed prompt and seed)."""
     backend = DiffusersBackend(spec, resolve_device("cpu"))
     backend.load()
     plan = GenerationPlan(
@@ -89,6 +90,15 @@ def generates(spec: ModelSpec) -> None:
     )
     (image,) = backend.generate([plan])
     assert image.size == (64, 64)
+    return image.tobytes()
+
+
+def small_checkpoint(path: Path) -> Path:
+    """A whole .safetensors file (for the stand-in pipeline, which reads no tensor of it)."""
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, path)
+    return path
 
 
 def test_importing_backends_forces_offline_mode():
@@ -186,21 +196,25 @@ def test_weights_of_another_model_fail_with_the_cause(sd15: ModelSpec, tmp_path:
 
 
 class RecordingPipeline:
-    """Stands in for a pipeline class: producing a real single-file checkpoint needs the original key layout."""
+    """Stands in for a pipeline class: producing a real single-file checkpoint needs the original key layout. Its
+    text encoder comes in training mode, as some of diffusers' single-file loaders leave one."""
 
     calls: list[tuple[str, dict[str, object]]] = []
 
+    def __init__(self) -> None:
+        self.components = {"text_encoder": torch.nn.Dropout(0.1), "tokenizer": object()}
+
     @classmethod
-    def from_single_file(cls, path: str, **kwargs: object) -> str:
+    def from_single_file(cls, path: str, **kwargs: object) -> RecordingPipeline:
         cls.calls.append((path, kwargs))
-        return "pipeline"
+        return cls()
 
 
 def test_single_file_with_cached_config(sd15: ModelSpec, hf_cache: Path, tmp_path: Path):
-    checkpoint = tmp_path / "model.safetensors"
-    checkpoint.write_bytes(b"")
+    checkpoint = small_checkpoint(tmp_path / "model.safetensors")
     spec = with_source(sd15, file=checkpoint, config=REPO)
-    assert load_pipeline(spec, RecordingPipeline, torch.float16) == "pipeline"  # type: ignore[arg-type]
+    pipeline = load_pipeline(spec, RecordingPipeline, torch.float16)  # type: ignore[arg-type]
+    assert not pipeline.components["text_encoder"].training  # served models run inference only
     path, kwargs = RecordingPipeline.calls[-1]
     assert path == str(checkpoint)
     assert kwargs == {
@@ -208,11 +222,14 @@ def test_single_file_with_cached_config(sd15: ModelSpec, hf_cache: Path, tmp_pat
         "dtype": torch.float16,
         "local_files_only": True,
     }
+    # A config repo downloaded at a pinned commit has no refs/main: the source names the commit.
+    (hf_cache / "models--acme--tiny-sd15" / "refs" / "main").unlink()
+    unavailable(spec, f"{REPO}@main")
+    assert locate_weights(with_source(sd15, file=checkpoint, config=REPO, revision=SHA[:7])).folder.name == SHA
 
 
 def test_single_file_with_config_folder(sd15: ModelSpec, tmp_path: Path):
-    checkpoint = tmp_path / "model.safetensors"
-    checkpoint.write_bytes(b"")
+    checkpoint = small_checkpoint(tmp_path / "model.safetensors")
     spec = with_source(sd15, file=checkpoint, config=str(sd15.source.path))
     load_pipeline(spec, RecordingPipeline, torch.float32)  # type: ignore[arg-type]
     assert RecordingPipeline.calls[-1][1]["config"] == str(sd15.source.path)
@@ -226,10 +243,30 @@ def test_single_file_errors(sd15: ModelSpec, tmp_path: Path, hf_cache: Path):
     ckpt.write_bytes(b"")
     error = unavailable(with_source(sd15, file=ckpt, config=config), "pickled checkpoint", "allow_pickle = true")
     assert error.code == "model_weights_pickled"
-    checkpoint = tmp_path / "model.safetensors"
-    checkpoint.write_bytes(b"")
+    checkpoint = small_checkpoint(tmp_path / "model.safetensors")
     unavailable(with_source(sd15, file=checkpoint, config="acme/absent"), "acme/absent@main", "hf download acme/absent")
     unavailable(with_source(sd15, file=checkpoint, config=str(tmp_path)), "not a diffusers folder")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(checkpoint.read_bytes()[:-4])
+    error = unavailable(with_source(sd15, file=cut, config=config), "is cut short", "copy it again")
+    assert error.code == "model_weights_missing"
+
+
+def test_a_flux_single_file_brings_the_transformer(registry: Registry, tmp_path: Path):
+    """`flux1-dev.safetensors` holds the transformer alone: the encoders and the VAE come from the config folder.
+    (This file is in diffusers' layout; diffusers converts Black Forest Labs' own, which needs FLUX.1's real width.)"""
+    flux = registry.resolve("tiny-flux")
+    assert flux is not None and flux.source.path is not None
+    file = shutil.copy(flux.source.path / "transformer" / "diffusion_pytorch_model.safetensors", tmp_path / "f.st")
+    file = Path(file).rename(tmp_path / "flux1-tiny.safetensors")
+    configs = shutil.copytree(flux.source.path, tmp_path / "flux-configs")
+    (configs / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # the file brings it
+    single = with_source(flux, file=file, config=str(configs))
+    assert locate_weights(single).file_component == "transformer"
+    assert generates(single) == generates(flux)
+    (configs / "text_encoder" / "model.safetensors").unlink()  # `hf download REPO --include "*.json"`
+    error = unavailable(with_source(flux, file=file, config=str(configs)), "text_encoder in", "has no weight files")
+    assert error.code == "model_weights_missing"
 
 
 def test_a_folder_of_another_family_or_variant_is_refused_before_loading(registry: Registry, tmp_path: Path):

@@ -142,6 +142,10 @@ source = { file = "ckpt/model.safetensors", config = "runwayml/stable-diffusion-
         (MINIMAL.replace('["gpt-image-1", "dall-e-3"]', '["flux"]'), ["alias 'flux'"]),
         ('[models.x]\nfamily = "sd15"\nsource = { repo = "no-slash" }\n', ["source.repo", "owner/name"]),
         ('[models.x]\nfamily = "sd15"\nsource = { repo = "acme/tiny sdxl" }\n', ["source.repo", "owner/name"]),
+        (
+            '[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors", config = "/srv/c", revision = "v1" }\n',
+            ["source.revision", "config is a folder"],
+        ),
         ('[models.x]\nfamily = "sd15"\nsource = { file = "a.safetensors" }\n', ["source.config"]),
         ('[models.x]\nfamily = "sd15"\nsource = { path = "x", variant = "fp-16" }\n', ["source.variant", "fp-16"]),
         (
@@ -294,8 +298,12 @@ def test_a_single_files_config_is_a_cached_repo_or_a_folder(tmp_path, monkeypatc
         f'[models.{name}]\nfamily = "sdxl"\nsource = {{ file = "x.safetensors", config = "{config}" }}\n'
         for name, config in configs.items()
     )
+    text += (
+        '[models.pinned]\nfamily = "flux"\nsource = { file = "f.safetensors", config = "o/n", revision = "abc1234" }\n'
+    )
     registry = load(tmp_path, text)
-    assert registry.resolve("hub").source.config == "acme/base"
+    assert registry.resolve("pinned").source.revision == "abc1234"
+    assert registry.resolve("hub").source.config == "acme/base" and registry.resolve("hub").source.revision == "main"
     assert registry.resolve("home").source.config == str(tmp_path / "home" / "sdxl")
     assert registry.resolve("relative").source.config == str(tmp_path / "acme" / "local")  # a folder beside the file
     assert registry.resolve("absolute").source.config == "/srv/sdxl"
