@@ -252,20 +252,22 @@ def test_single_file_errors(sd15: ModelSpec, tmp_path: Path, hf_cache: Path):
     assert error.code == "model_weights_missing"
 
 
-def test_a_flux_single_file_brings_the_transformer(registry: Registry, tmp_path: Path):
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
+def test_a_transformer_single_file_brings_the_transformer_alone(registry: Registry, tmp_path: Path, name: str):
     """`flux1-dev.safetensors` holds the transformer alone: the encoders and the VAE come from the config folder.
-    (This file is in diffusers' layout; diffusers converts Black Forest Labs' own, which needs FLUX.1's real width.)"""
-    flux = registry.resolve("tiny-flux")
-    assert flux is not None and flux.source.path is not None
-    file = shutil.copy(flux.source.path / "transformer" / "diffusion_pytorch_model.safetensors", tmp_path / "f.st")
-    file = Path(file).rename(tmp_path / "flux1-tiny.safetensors")
-    configs = shutil.copytree(flux.source.path, tmp_path / "flux-configs")
+    (These files are in diffusers' layout; diffusers converts Black Forest Labs' and Stability's own, which for FLUX
+    needs FLUX.1's real width.)"""
+    spec = registry.resolve(name)
+    assert spec is not None and spec.source.path is not None
+    file = tmp_path / "transformer-only.safetensors"
+    shutil.copy(spec.source.path / "transformer" / "diffusion_pytorch_model.safetensors", file)
+    configs = shutil.copytree(spec.source.path, tmp_path / "configs")
     (configs / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # the file brings it
-    single = with_source(flux, file=file, config=str(configs))
+    single = with_source(spec, file=file, config=str(configs))
     assert locate_weights(single).file_component == "transformer"
-    assert generates(single) == generates(flux)
+    assert generates(single) == generates(spec)
     (configs / "text_encoder" / "model.safetensors").unlink()  # `hf download REPO --include "*.json"`
-    error = unavailable(with_source(flux, file=file, config=str(configs)), "text_encoder in", "has no weight files")
+    error = unavailable(with_source(spec, file=file, config=str(configs)), "text_encoder in", "has no weight files")
     assert error.code == "model_weights_missing"
 
 
