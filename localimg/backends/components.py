@@ -8,6 +8,7 @@ one, and every request then fails, or ignores its prompt. File names and safeten
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -36,6 +37,7 @@ _WEIGHT_FILE = re.compile(
 # What a tokenizer loads its vocabulary from (CLIP: vocab.json; T5: spiece.model or tokenizer.json).
 _VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model", "vocab.txt")
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own bound
+_MODEL_FILES = ("config.json",)
 
 
 @dataclass
@@ -93,18 +95,21 @@ def _named_components(spec: ModelSpec, folder: Path, index: dict[str, object]) -
             _unavailable(
                 spec, f"{name}/ (in model_index.json) is missing or empty in {folder}; the download looks incomplete"
             )
-        class_name = value[1]
-        if "Tokenizer" in class_name:
-            needed: tuple[str, ...] = _VOCABULARY_FILES
-        elif "Scheduler" in class_name:
-            needed = ("scheduler_config.json",)
-        elif "Processor" in class_name or "FeatureExtractor" in class_name:
-            needed = ("preprocessor_config.json",)
-        else:
-            needed = ("config.json",)
+        needed = _files_needed(value[1])
         if not any((where / file).is_file() for file in needed):
             _unavailable(spec, f"{where} has no {' or '.join(needed)}; the download looks incomplete")
-        yield name, needed == ("config.json",)
+        yield name, needed is _MODEL_FILES
+
+
+def _files_needed(class_name: str) -> tuple[str, ...]:
+    """What a component of this class is configured by (one of them); `_MODEL_FILES` for one with weights."""
+    if "Tokenizer" in class_name:
+        return _VOCABULARY_FILES
+    if "Scheduler" in class_name:
+        return ("scheduler_config.json",)
+    if "Processor" in class_name or "FeatureExtractor" in class_name:
+        return ("preprocessor_config.json",)
+    return _MODEL_FILES
 
 
 def _model(folder: Path, suffixes: frozenset[str]) -> _Component:
@@ -166,8 +171,14 @@ def _check_files(spec: ModelSpec, model: _Component, files: list[Path]) -> None:
 def safetensors_problem(file: Path) -> str | None:
     """Why the file cannot be whole: a safetensors file is an 8-byte header length, a JSON header giving each
     tensor's byte range, then the data; a copy cut short is shorter than the header says."""
-    size = file.stat().st_size
-    with file.open("rb") as stream:
+    stat = file.stat()
+    return _header_problem(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+# GET /v1/models checks every model's files: a header is read again only when its file changes.
+@functools.lru_cache(maxsize=1024)
+def _header_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    with open(path, "rb") as stream:
         head = stream.read(8)
         if len(head) < 8:
             return f"is {size} bytes long: not a safetensors file"
