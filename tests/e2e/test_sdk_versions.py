@@ -25,7 +25,7 @@ from tests.e2e.failing_server import FAILURE_MESSAGE
 
 SDK_SCRIPTS = Path(__file__).parent / "sdk"
 PYTHON_SDKS = ["1.97.0", "1.109.1", "2.54.0"]
-NODE_SDKS = ["5.10.1", "6.49.0", "7.57.0"]
+NODE_SDKS = ["5.10.1", "6.49.0", "7.60.0"]
 INSTALL_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
 
