@@ -12,7 +12,7 @@ import functools
 import json
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -40,6 +40,15 @@ _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own bound
 _MODEL_FILES = ("config.json",)
 
 
+@dataclass(frozen=True)
+class FolderWeights:
+    """Which of a diffusers folder's weight files load."""
+
+    variant: str | None = None  # the saved variant to load (fp16); None for the plain files
+    # The components that load from pickles (the model allows them), with the saved variant each loads.
+    pickled: Mapping[str, str | None] = field(default_factory=dict)
+
+
 @dataclass
 class _Component:
     name: str
@@ -47,13 +56,16 @@ class _Component:
     weights: dict[str | None, list[Path]] = field(default_factory=dict)  # loadable files by saved variant
     pickled: bool = False  # has weight files that are pickles
 
-    def files_to_load(self, variant: str | None) -> list[Path]:
+    def variant_to_load(self, variant: str | None) -> str | None:
         """diffusers loads the chosen variant where the component has it, its plain files otherwise."""
-        return self.weights.get(variant) or self.weights.get(None, [])
+        return variant if variant in self.weights else None
+
+    def files_to_load(self, variant: str | None) -> list[Path]:
+        return self.weights.get(self.variant_to_load(variant), [])
 
 
-def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str] | None = frozenset()) -> str | None:
-    """Check every component model_index.json names and return the saved variant of the weights to load: models.toml's
+def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str] | None = frozenset()) -> FolderWeights:
+    """Check every component model_index.json names and say which weights load. The saved variant is models.toml's
     `source.variant`; else None (the plain files) when every component has plain files; else the one variant the
     others all have, as when only the `*.fp16.*` files were downloaded. `from_file`: the components whose weights a
     single file brings instead (None: all of them). Raises ModelUnavailableError naming what is missing."""
@@ -72,7 +84,7 @@ def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str]
             code="model_weights_pickled",
         )
     if from_file is None:
-        return None
+        return FolderWeights()
     empty = [model.name for model in models if not model.weights]
     if empty:
         _unavailable(
@@ -81,7 +93,12 @@ def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str]
     variant = _variant_to_load(spec, folder, models)
     for model in models:
         _check_files(spec, model, model.files_to_load(variant))
-    return variant
+    pickled = {
+        model.name: model.variant_to_load(variant)
+        for model in models
+        if all(file.suffix in PICKLE_SUFFIXES for file in model.files_to_load(variant))
+    }
+    return FolderWeights(variant, pickled)
 
 
 def _named_components(spec: ModelSpec, folder: Path, index: dict[str, object]) -> Iterable[tuple[str, bool]]:

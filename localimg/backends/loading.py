@@ -8,11 +8,12 @@ Finding the weights (`locate_weights`, `weights_problem`) is file checks only an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localimg.backends.checkpoint import absent_components, check_checkpoint
+from localimg.backends.checkpoint import absent_components, check_checkpoint, read_json
 from localimg.backends.components import (
     PICKLE_OPT_IN,
     PICKLE_SUFFIXES,
@@ -45,6 +46,7 @@ class LocatedWeights:
     file: Path | None = None  # the single-file checkpoint, if any
     file_component: str | None = None  # the one component read from the file; None: the file holds the pipeline
     variant: str | None = None  # the saved variant of the folder's weights to load (fp16), None for the plain ones
+    pickled: Mapping[str, str | None] = field(default_factory=dict)  # as FolderWeights.pickled
 
     def describe(self) -> str:
         if self.file is not None:
@@ -111,15 +113,15 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     else:
         config = cached_snapshot(f"model {spec.name!r}", source.config, source.revision)
     component = _DENOISER_IN_FILE[spec.family][0] if spec.family in _DENOISER_IN_FILE else None
-    variant = check_components(spec, config, from_file=None if component is None else frozenset({component}))
+    found = check_components(spec, config, from_file=None if component is None else frozenset({component}))
     check_checkpoint(spec, config, single_file=True)
-    return LocatedWeights(config, file, component, variant)
+    return LocatedWeights(config, file, component, found.variant, found.pickled)
 
 
 def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
-    variant = check_components(spec, folder)
+    found = check_components(spec, folder)
     check_checkpoint(spec, folder)
-    return LocatedWeights(folder, variant=variant)
+    return LocatedWeights(folder, variant=found.variant, pickled=found.pickled)
 
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
@@ -168,14 +170,29 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
 def _from_folder(
     spec: ModelSpec, pipeline_class: type[DiffusionPipeline], weights: LocatedWeights, dtype: torch.dtype, **given: Any
 ) -> DiffusionPipeline:
+    pickled = {name: variant for name, variant in weights.pickled.items() if name not in given}
+    if pickled:
+        logger.warning("model %s: loading pickled weights for %s (allow_pickle = true)", spec.name, ", ".join(pickled))
     return pipeline_class.from_pretrained(
         str(weights.folder),
         dtype=dtype,
         local_files_only=True,
         variant=weights.variant,
-        # None lets diffusers fall back to pickles where a component has no .safetensors.
-        use_safetensors=None if spec.allow_pickle else True,
+        use_safetensors=True,
         # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
         **dict.fromkeys(absent_components(weights.folder)),
+        # Pickled components load on their own: diffusers' fallback to pickles logs each one as an error.
+        **{name: _pickled_component(weights.folder, name, variant, dtype) for name, variant in pickled.items()},
         **given,
+    )
+
+
+def _pickled_component(folder: Path, name: str, variant: str | None, dtype: torch.dtype) -> Any:
+    """A component of the folder loaded from its pickled weights, with the class model_index.json names for it."""
+    import importlib
+
+    library, class_name = read_json(folder / "model_index.json")[name]
+    model_class = getattr(importlib.import_module(library), class_name)
+    return model_class.from_pretrained(
+        str(folder), subfolder=name, dtype=dtype, variant=variant, use_safetensors=False, local_files_only=True
     )

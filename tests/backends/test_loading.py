@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -154,11 +155,16 @@ def test_repo_not_in_cache(sd15: ModelSpec, hf_cache: Path):
 
 @pytest.fixture(scope="module")
 def pickled_sd15(sd15: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-sd15 re-saved with pickled weights (transformers still writes .safetensors for the text encoder)."""
+    """tiny-sd15 re-saved with pickled weights, as older downloads have them: diffusers' components by diffusers, the
+    text encoder by hand (transformers 5 writes only .safetensors)."""
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
 
     folder = tmp_path_factory.mktemp("pickled") / "tiny-sd15"
     StableDiffusionPipeline.from_pretrained(sd15.source.path).save_pretrained(folder, safe_serialization=False)
+    encoder = folder / "text_encoder" / "model.safetensors"
+    torch.save(load_file(encoder), encoder.with_name("pytorch_model.bin"))
+    encoder.unlink()
     assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
     return folder
 
@@ -169,10 +175,16 @@ def test_pickled_weights_are_refused_by_default(sd15: ModelSpec, pickled_sd15: P
     assert error.code == "model_weights_pickled"
 
 
-def test_pickled_weights_load_when_allowed(sd15: ModelSpec, pickled_sd15: Path):
+def test_pickled_weights_load_when_allowed(
+    sd15: ModelSpec, pickled_sd15: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(logging.getLogger("diffusers"), "propagate", True)  # as the server has it
     spec = with_source(sd15, path=pickled_sd15, allow_pickle=True)
-    assert weights_problem(spec) is None
-    generates(spec)
+    assert locate_weights(spec).pickled == dict.fromkeys(("text_encoder", "unet", "vae"))
+    assert generates(spec) == generates(sd15)
+    # A successful load logs no error: diffusers' own fallback to pickles logs one for each component.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "loading pickled weights for text_encoder, unet, vae" in caplog.text
 
 
 def test_safetensors_are_preferred_over_pickles(sd15: ModelSpec, tmp_path: Path):
@@ -461,8 +473,9 @@ def test_variant_safetensors_are_chosen_over_plain_pickles(
     sd15: ModelSpec, pickled_sd15: Path, fp16_only_sd15: Path, tmp_path: Path
 ):
     folder = shutil.copytree(pickled_sd15, tmp_path / "pickles-and-fp16")
-    for component in ("unet", "vae"):
-        shutil.copy(fp16_only_sd15 / component / "diffusion_pytorch_model.fp16.safetensors", folder / component)
+    for component in ("text_encoder", "unet", "vae"):
+        for file in (fp16_only_sd15 / component).glob("*.fp16.safetensors"):
+            shutil.copy(file, folder / component)
     assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
     generates(with_source(sd15, path=folder))
     assert locate_weights(with_source(sd15, path=folder, allow_pickle=True)).variant is None
