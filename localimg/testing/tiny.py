@@ -35,13 +35,15 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-7"
+BUILD_VERSION = "tiny-models-8"
 VAE_SEED = 7
 MARKER = ".complete"
 
+# Every image model the openai SDK names, as models.toml's default model has them.
 OPENAI_ALIASES = (
     "gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-1.5", "gpt-image-1", "gpt-image-1-mini",
-    "chatgpt-image-latest", "dall-e-3", "dall-e-2", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare",
+    "chatgpt-image-latest", "dall-e-3", "dall-e-2", "gpt-image-2.5-sunburst", "gpt-image-2.5-sunburst-2026-09-08",
+    "gpt-image-2.5-flare", "gpt-image-2.5-flare-2026-09-08", "gpt-image-2.6-sunburst", "gpt-image-2.6-flare",
 )  # fmt: skip
 
 CLIP_HIDDEN = 32
