@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 # The pipeline classes (model_index.json's `_class_name`) of each family, most specific prefix first.
 _FAMILY_OF_CLASS = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd15"),
                     ("Flux", "flux"))  # fmt: skip
+# Tensor names that only some families' single files hold, after the `model.diffusion_model.` prefix of the LDM and
+# ComfyUI layouts: the original layouts' names, and diffusers' own for a transformer saved alone.
+_FAMILIES_OF_TENSORS = (
+    ("conditioner.embedders.", {"sdxl"}),  # SDXL's text encoders (LDM layout)
+    ("cond_stage_model.", {"sd15"}),  # SD 1.x / 2.x's text encoder (LDM layout)
+    ("input_blocks.", {"sd15", "sdxl"}),  # an LDM UNet
+    ("double_blocks.", {"flux"}),  # Black Forest Labs' layout
+    ("single_transformer_blocks.", {"flux"}),  # diffusers' FluxTransformer2DModel
+    ("joint_blocks.", {"sd3"}),  # Stability's MMDiT layout
+    ("pos_embed.proj.", {"sd3"}),  # diffusers' SD3Transformer2DModel
+)
+_LDM_PREFIX = "model.diffusion_model."
 # FLUX checkpoints that need inputs localimg does not send (control images, image embeddings).
 _UNSERVED_FLUX = ("FluxControl", "FluxPriorRedux")
 # What every size reaching a pipeline is a multiple of, whatever the limits say (the API's own rule).
@@ -34,6 +46,25 @@ def check_checkpoint(spec: ModelSpec, folder: Path, *, single_file: bool = False
     weights may be another variant's of the same architecture (FLUX.1 Kontext's file with FLUX.1 dev's configs)."""
     _check_kind(spec, folder, single_file)
     _check_sizes(spec, size_rule(spec.family, folder))
+
+
+def check_file_kind(spec: ModelSpec, file: Path, tensors: frozenset[str]) -> None:
+    """Raise ModelUnavailableError when a single file's tensor names are another family's than `spec` declares.
+    Only names no other family uses count: a file they say nothing about is left to load."""
+    evidence: dict[str, tuple[str, set[str]]] = {}  # marker -> (a tensor's name, the families it points to)
+    for name in sorted(tensors):
+        for marker, families in _FAMILIES_OF_TENSORS:
+            if name.removeprefix(_LDM_PREFIX).startswith(marker):
+                evidence.setdefault(marker, (name, families))
+    if not evidence:
+        return
+    families = set.intersection(*(families for _, families in evidence.values()))
+    if families and spec.family not in families:
+        example = min(name for name, _ in evidence.values())
+        _refuse(
+            f"model {spec.name!r}: {file} holds a checkpoint of family {' or '.join(sorted(families))} (tensors such "
+            f"as {example!r}) but models.toml declares family = {spec.family!r}; fix the family or source.file."
+        )
 
 
 def absent_components(folder: Path) -> list[str]:

@@ -188,30 +188,41 @@ def _check_files(spec: ModelSpec, model: _Component, files: list[Path]) -> None:
 def safetensors_problem(file: Path) -> str | None:
     """Why the file cannot be whole: a safetensors file is an 8-byte header length, a JSON header giving each
     tensor's byte range, then the data; a copy cut short is shorter than the header says."""
+    return _read_header(file)[0]
+
+
+def tensor_names(file: Path) -> frozenset[str]:
+    """The names of the tensors a safetensors file holds (none when its header cannot be read)."""
+    return _read_header(file)[1]
+
+
+def _read_header(file: Path) -> tuple[str | None, frozenset[str]]:
     stat = file.stat()
-    return _header_problem(str(file), stat.st_size, stat.st_mtime_ns)
+    return _header(str(file), stat.st_size, stat.st_mtime_ns)
 
 
 # GET /v1/models checks every model's files: a header is read again only when its file changes.
 @functools.lru_cache(maxsize=1024)
-def _header_problem(path: str, size: int, mtime_ns: int) -> str | None:
+def _header(path: str, size: int, mtime_ns: int) -> tuple[str | None, frozenset[str]]:
+    """(why the file cannot be whole or None, its tensors' names)."""
     with open(path, "rb") as stream:
         head = stream.read(8)
         if len(head) < 8:
-            return f"is {size} bytes long: not a safetensors file"
+            return f"is {size} bytes long: not a safetensors file", frozenset()
         (length,) = struct.unpack("<Q", head)
         if length > _MAX_HEADER_BYTES:
-            return "has an unreadable header: not a safetensors file"
+            return "has an unreadable header: not a safetensors file", frozenset()
         if length > size - 8:
-            return f"is cut short ({size} bytes) or not a safetensors file"
+            return f"is cut short ({size} bytes) or not a safetensors file", frozenset()
         try:
             header = json.loads(stream.read(length))
-            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+            tensors = {name: value for name, value in header.items() if name != "__metadata__"}
+            end = max((int(tensor["data_offsets"][1]) for tensor in tensors.values()), default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return "has an unreadable header: not a safetensors file"
+            return "has an unreadable header: not a safetensors file", frozenset()
     if 8 + length + end > size:
-        return f"is cut short: {size} bytes of the {8 + length + end} its header describes"
-    return None
+        return f"is cut short: {size} bytes of the {8 + length + end} its header describes", frozenset(tensors)
+    return None, frozenset(tensors)
 
 
 def _describe(found: dict[str, set[str | None]]) -> str:

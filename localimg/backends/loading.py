@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localimg.backends.checkpoint import absent_components, check_checkpoint, read_json
+from localimg.backends.checkpoint import absent_components, check_checkpoint, check_file_kind, read_json
 from localimg.backends.components import (
     PICKLE_OPT_IN,
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
     check_components,
     safetensors_problem,
+    tensor_names,
 )
 from localimg.backends.hub_cache import cached_snapshot
 from localimg.errors import ModelUnavailableError
@@ -102,6 +103,8 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
         raise ModelUnavailableError(
             f"model {spec.name!r}: {file} {problem}; copy it again.", code="model_weights_missing"
         )
+    if file.suffix in SAFE_SUFFIXES:
+        check_file_kind(spec, file, tensor_names(file))
     config = Path(source.config)
     if config.is_absolute():
         if not (config / "model_index.json").is_file():
@@ -126,8 +129,8 @@ def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
     """Why the model's files cannot be loaded (missing or cut short, refused by its pickle policy, or another kind
-    of model than models.toml declares), or None when they are in place. File checks only: a whole file holding
-    the wrong tensors shows only when it loads."""
+    of model than models.toml declares), or None when they are in place. File names, configs and safetensors
+    headers only: a whole file holding another model's tensors of the same family shows only when it loads."""
     try:
         locate_weights(spec)
     except ModelUnavailableError as exc:

@@ -278,6 +278,9 @@ def test_a_transformer_single_file_brings_the_transformer_alone(registry: Regist
     single = with_source(spec, file=file, config=str(configs))
     assert locate_weights(single).file_component == "transformer"
     assert generates(single) == generates(spec)
+    other = "sd3" if name == "tiny-flux" else "flux"  # the other transformer family's file, found by its tensors
+    error = unavailable(dataclasses.replace(single, family=other), str(file), f"declares family = {other!r}")
+    assert error.code == "model_kind_mismatch"
     (configs / "text_encoder" / "model.safetensors").unlink()  # `hf download REPO --include "*.json"`
     error = unavailable(with_source(spec, file=file, config=str(configs)), "text_encoder in", "has no weight files")
     assert error.code == "model_weights_missing"

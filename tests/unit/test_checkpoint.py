@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.backends.checkpoint import check_checkpoint, size_rule
+from localimg.backends.checkpoint import check_checkpoint, check_file_kind, size_rule
 from localimg.errors import ModelUnavailableError
 from localimg.registry import Registry
 
@@ -104,3 +104,52 @@ def test_a_single_files_configs_may_be_another_variants_of_the_same_shape(tmp_pa
     """FLUX.1 Kontext's single file is commonly served with FLUX.1 dev's configs: only the class differs."""
     folder = checkpoint(tmp_path / "m", "FluxPipeline", transformer={"in_channels": 64}, vae=VAE8)
     check_checkpoint(spec(folder, "flux", variant="kontext"), folder, single_file=True)
+
+
+# A few tensor names of each single-file layout, as the published files name them.
+LAYOUTS = {
+    "sd15 (LDM)": ("sd15", ["model.diffusion_model.input_blocks.0.0.weight",
+                            "first_stage_model.decoder.conv_in.weight",
+                            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]),
+    "sdxl (LDM)": ("sdxl", ["model.diffusion_model.input_blocks.0.0.weight",
+                            "model.diffusion_model.label_emb.0.0.weight",
+                            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+                            "conditioner.embedders.1.model.ln_final.weight"]),
+    "flux (Black Forest Labs)": ("flux", ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"]),
+    "flux (ComfyUI)": ("flux", ["model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+                                "vae.decoder.conv_in.weight",
+                                "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight"]),
+    "flux (diffusers)": ("flux", ["transformer_blocks.0.attn.add_q_proj.weight",
+                                  "single_transformer_blocks.0.proj_out.weight", "x_embedder.weight"]),
+    "sd3 (Stability)": ("sd3", ["model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight",
+                                "model.diffusion_model.pos_embed", "first_stage_model.decoder.conv_in.weight",
+                                "text_encoders.clip_g.transformer.text_model.final_layer_norm.weight"]),
+    "sd3 (diffusers)": ("sd3", ["transformer_blocks.0.attn.add_q_proj.weight", "pos_embed.proj.weight"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("declared", ["sd15", "sdxl", "flux", "sd3"])
+def test_a_single_file_of_another_family_is_refused_by_its_tensor_names(tmp_path: Path, layout: str, declared: str):
+    family, names = LAYOUTS[layout]
+    file = tmp_path / "model.safetensors"
+    if declared == family:
+        check_file_kind(spec(tmp_path, declared), file, frozenset(names))
+        return
+    with pytest.raises(ModelUnavailableError) as caught:
+        check_file_kind(spec(tmp_path, declared), file, frozenset(names))
+    assert caught.value.code == "model_kind_mismatch"
+    for fragment in (str(file), f"holds a checkpoint of family {family}", f"declares family = {declared!r}"):
+        assert fragment in caught.value.message
+
+
+@pytest.mark.parametrize("declared", ["sd15", "sdxl", "flux", "sd3"])
+def test_tensor_names_that_no_family_owns_say_nothing(tmp_path: Path, declared: str):
+    file = tmp_path / "model.safetensors"
+    check_file_kind(spec(tmp_path, declared), file, frozenset({"weight", "first_stage_model.decoder.conv_in.weight"}))
+    unet_alone = frozenset({"model.diffusion_model.input_blocks.0.0.weight"})  # SD 1.5 or XL: it does not say
+    if declared in ("sd15", "sdxl"):
+        check_file_kind(spec(tmp_path, declared), file, unet_alone)
+    else:
+        with pytest.raises(ModelUnavailableError, match="holds a checkpoint of family sd15 or sdxl"):
+            check_file_kind(spec(tmp_path, declared), file, unet_alone)
