@@ -1,5 +1,5 @@
-"""What a diffusers folder's config files say about the checkpoint, checked against its models.toml table before
-any weight is read: which pipeline it is, and which image sizes it can make.
+"""What a diffusers folder's config files (and a single file's tensor names) say about the checkpoint, checked
+against its models.toml table before any weight is read: which pipeline it is, and which image sizes it can make.
 
 diffusers only warns while loading another pipeline's components, and a size the checkpoint cannot make fails
 inside the pipeline; either way every request would fail one by one. Refused here, the model is unavailable with
