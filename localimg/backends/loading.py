@@ -192,10 +192,19 @@ def _from_folder(
 
 def _pickled_component(folder: Path, name: str, variant: str | None, dtype: torch.dtype) -> Any:
     """A component of the folder loaded from its pickled weights, with the class model_index.json names for it."""
-    import importlib
-
-    library, class_name = read_json(folder / "model_index.json")[name]
-    model_class = getattr(importlib.import_module(library), class_name)
+    model_class = component_class(*read_json(folder / "model_index.json")[name])
     return model_class.from_pretrained(
         str(folder), subfolder=name, dtype=dtype, variant=variant, use_safetensors=False, local_files_only=True
     )
+
+
+def component_class(library: str, class_name: str) -> type:
+    """The class of a model_index.json entry `[library, class_name]`, found as diffusers finds it: the library is a
+    package (`diffusers`, `transformers`) or one of diffusers' pipeline modules (SD 1.5's safety checker is
+    `["stable_diffusion", "StableDiffusionSafetyChecker"]`)."""
+    import importlib
+
+    from diffusers import pipelines
+
+    module = getattr(pipelines, library) if hasattr(pipelines, library) else importlib.import_module(library)
+    return getattr(module, class_name)

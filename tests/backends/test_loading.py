@@ -19,7 +19,7 @@ import torch
 from localimg.backends.base import GenerationPlan
 from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
-from localimg.backends.loading import load_pipeline, locate_weights, weights_problem
+from localimg.backends.loading import component_class, load_pipeline, locate_weights, weights_problem
 from localimg.errors import ModelUnavailableError
 from localimg.registry import ModelSource, ModelSpec, Registry
 
@@ -185,6 +185,20 @@ def test_pickled_weights_load_when_allowed(
     # A successful load logs no error: diffusers' own fallback to pickles logs one for each component.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert "loading pickled weights for text_encoder, unet, vae" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (["diffusers", "UNet2DConditionModel"], "diffusers.models.unets.unet_2d_condition"),
+        (["transformers", "CLIPTextModel"], "transformers.models.clip.modeling_clip"),
+        (["stable_diffusion", "StableDiffusionSafetyChecker"], "diffusers.pipelines.stable_diffusion.safety_checker"),
+    ],
+)
+def test_a_model_index_entry_names_its_class(entry: list[str], expected: str):
+    """What a pickled component is loaded as: model_index.json names some by diffusers' pipeline module."""
+    model_class = component_class(*entry)
+    assert (model_class.__module__, model_class.__name__) == (expected, entry[1])
 
 
 def test_safetensors_are_preferred_over_pickles(sd15: ModelSpec, tmp_path: Path):
