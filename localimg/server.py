@@ -246,6 +246,9 @@ LIBRARY_NOISE = {
     "transformers.utils.import_utils": _DropMessages("requires torchvision (not installed)"),
     # diffusers warns at every dtype cast of a model, also when no module of it must stay in float32 (the []).
     "diffusers.models.modeling_utils": _DropMessages("should be kept in float32: []"),
+    # A pickled SD 1.5 safety checker is loaded by localimg and passed in (backends/loading.py); diffusers cannot
+    # type-check a class of its pipeline modules, and says so with the whole module's repr.
+    "diffusers.pipelines.pipeline_loading_utils": _DropMessages("We cannot verify whether it has the correct type"),
 }
 
 
