@@ -8,6 +8,7 @@ the setting to change, and `localimg models` reports it. File reads only: no tor
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -25,13 +26,13 @@ _FAMILY_OF_CLASS = (("StableDiffusion3", "sd3"), ("StableDiffusionXL", "sdxl"), 
 # Tensor names that only some families' single files hold, after the `model.diffusion_model.` prefix of the LDM and
 # ComfyUI layouts: the original layouts' names, and diffusers' own for a transformer saved alone.
 _FAMILIES_OF_TENSORS = (
-    ("conditioner.embedders.", {"sdxl"}),  # SDXL's text encoders (LDM layout)
-    ("cond_stage_model.", {"sd15"}),  # SD 1.x / 2.x's text encoder (LDM layout)
-    ("input_blocks.", {"sd15", "sdxl"}),  # an LDM UNet
-    ("double_blocks.", {"flux"}),  # Black Forest Labs' layout
-    ("single_transformer_blocks.", {"flux"}),  # diffusers' FluxTransformer2DModel
-    ("joint_blocks.", {"sd3"}),  # Stability's MMDiT layout
-    ("pos_embed.proj.", {"sd3"}),  # diffusers' SD3Transformer2DModel
+    ("conditioner.embedders.", frozenset({"sdxl"})),  # SDXL's text encoders (LDM layout)
+    ("cond_stage_model.", frozenset({"sd15"})),  # SD 1.x / 2.x's text encoder (LDM layout)
+    ("input_blocks.", frozenset({"sd15", "sdxl"})),  # an LDM UNet
+    ("double_blocks.", frozenset({"flux"})),  # Black Forest Labs' layout
+    ("single_transformer_blocks.", frozenset({"flux"})),  # diffusers' FluxTransformer2DModel
+    ("joint_blocks.", frozenset({"sd3"})),  # Stability's MMDiT layout
+    ("pos_embed.proj.", frozenset({"sd3"})),  # diffusers' SD3Transformer2DModel
 )
 _LDM_PREFIX = "model.diffusion_model."
 # FLUX checkpoints that need inputs localimg does not send (control images, image embeddings).
@@ -51,20 +52,26 @@ def check_checkpoint(spec: ModelSpec, folder: Path, *, single_file: bool = False
 def check_file_kind(spec: ModelSpec, file: Path, tensors: frozenset[str]) -> None:
     """Raise ModelUnavailableError when a single file's tensor names are another family's than `spec` declares.
     Only names no other family uses count: a file they say nothing about is left to load."""
-    evidence: dict[str, tuple[str, set[str]]] = {}  # marker -> (a tensor's name, the families it points to)
-    for name in sorted(tensors):
-        for marker, families in _FAMILIES_OF_TENSORS:
-            if name.removeprefix(_LDM_PREFIX).startswith(marker):
-                evidence.setdefault(marker, (name, families))
-    if not evidence:
-        return
-    families = set.intersection(*(families for _, families in evidence.values()))
-    if families and spec.family not in families:
-        example = min(name for name, _ in evidence.values())
+    found = _families_named(tensors)
+    if found is not None and spec.family not in found[0]:
+        families, example = found
         _refuse(
             f"model {spec.name!r}: {file} holds a checkpoint of family {' or '.join(sorted(families))} (tensors such "
             f"as {example!r}) but models.toml declares family = {spec.family!r}; fix the family or source.file."
         )
+
+
+# Per file header (the same frozenset each time its file is unchanged): GET /v1/models checks every model's files.
+@functools.lru_cache(maxsize=64)
+def _families_named(tensors: frozenset[str]) -> tuple[frozenset[str], str] | None:
+    """The families the tensor names point to, and one such name; None when they say nothing or disagree."""
+    evidence: dict[str, tuple[str, frozenset[str]]] = {}  # marker -> (a tensor's name, the families it points to)
+    for name in sorted(tensors):
+        for marker, families in _FAMILIES_OF_TENSORS:
+            if name.removeprefix(_LDM_PREFIX).startswith(marker):
+                evidence.setdefault(marker, (name, families))
+    families = frozenset.intersection(*(families for _, families in evidence.values())) if evidence else frozenset()
+    return (families, min(name for name, _ in evidence.values())) if families else None
 
 
 def absent_components(folder: Path) -> list[str]:

@@ -54,7 +54,7 @@ class _Component:
     name: str
     folder: Path
     weights: dict[str | None, list[Path]] = field(default_factory=dict)  # loadable files by saved variant
-    pickled: bool = False  # has weight files that are pickles
+    refused_pickles: bool = False  # has pickled weight files, which the model does not allow
 
     def variant_to_load(self, variant: str | None) -> str | None:
         """diffusers loads the chosen variant where the component has it, its plain files otherwise."""
@@ -76,10 +76,10 @@ def check_components(spec: ModelSpec, folder: Path, *, from_file: frozenset[str]
     models = [_model(folder / name, suffixes) for name, is_model in _named_components(spec, folder, index) if is_model]
     if from_file is not None:
         models = [model for model in models if model.name not in from_file]
-    pickled = [model.name for model in models if model.pickled and not model.weights]
-    if pickled:
+    refused = [model.name for model in models if model.refused_pickles and not model.weights]
+    if refused:
         raise ModelUnavailableError(
-            f"model {spec.name!r}: {folder} has only pickled weights (.bin/.ckpt/.pt/.pth) for {', '.join(pickled)}, "
+            f"model {spec.name!r}: {folder} has only pickled weights (.bin/.ckpt/.pt/.pth) for {', '.join(refused)}, "
             f"and pickles are refused by default; convert them to .safetensors or {PICKLE_OPT_IN}.",
             code="model_weights_pickled",
         )
@@ -138,7 +138,7 @@ def _model(folder: Path, suffixes: frozenset[str]) -> _Component:
         if match["suffix"] in suffixes:
             component.weights.setdefault(match["variant"] or match["old_variant"], []).append(file)
         else:
-            component.pickled = True
+            component.refused_pickles = True
     return component
 
 
