@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
 
 # Bump when anything below changes what gets written; a stale build is then rebuilt on next use.
-BUILD_VERSION = "tiny-models-8"
+BUILD_VERSION = "tiny-models-9"
 VAE_SEED = 7
 MARKER = ".complete"
 
@@ -47,6 +47,8 @@ OPENAI_ALIASES = (
 )  # fmt: skip
 
 CLIP_HIDDEN = 32
+# SDXL's second encoder is wider than its first (1280 and 768): diffusers' single-file loader tells them apart by it.
+OPEN_CLIP_HIDDEN = 48
 T5_D_MODEL = 64  # >= the two CLIP widths concatenated, which SD3 pads up to the T5 width
 
 
@@ -237,11 +239,11 @@ def _clip_text_model(tokenizer: CLIPTokenizer, seed: int) -> Any:
     return CLIPTextModel(_clip_config(tokenizer)).eval()
 
 
-def _clip_text_model_with_projection(tokenizer: CLIPTokenizer, seed: int) -> Any:
+def _clip_text_model_with_projection(tokenizer: CLIPTokenizer, seed: int, *, hidden: int = CLIP_HIDDEN) -> Any:
     from transformers import CLIPTextModelWithProjection
 
     _seeded(seed)
-    return CLIPTextModelWithProjection(_clip_config(tokenizer)).eval()
+    return CLIPTextModelWithProjection(_clip_config(tokenizer, hidden=hidden)).eval()
 
 
 def _t5_encoder(tokenizer: T5Tokenizer, seed: int) -> Any:
@@ -420,19 +422,19 @@ def _sdxl_pipeline(tok: Tokenizers) -> DiffusionPipeline:
 
     time_embed_dim = 8
     unet = _unet(
-        cross_attention_dim=CLIP_HIDDEN * 2,  # both text encoders' hidden states, concatenated
+        cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN,  # both text encoders' hidden states, concatenated
         sample_size=128,
         seed=30,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
         # six micro-conditioning numbers (original size, crop, target size) plus text_encoder_2's pooled output
-        projection_class_embeddings_input_dim=time_embed_dim * 6 + CLIP_HIDDEN,
+        projection_class_embeddings_input_dim=time_embed_dim * 6 + OPEN_CLIP_HIDDEN,
         use_linear_projection=True,
     )
     return StableDiffusionXLPipeline(
         vae=_vae(4, 0.13025, None),
         text_encoder=_clip_text_model(tok.clip, seed=32),
-        text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=33),
+        text_encoder_2=_clip_text_model_with_projection(tok.clip, seed=33, hidden=OPEN_CLIP_HIDDEN),
         tokenizer=tok.clip,
         tokenizer_2=tok.clip,
         unet=unet,

@@ -22,6 +22,7 @@ from localimg.backends.diffusers_backend import DiffusersBackend
 from localimg.backends.loading import component_class, load_pipeline, locate_weights, weights_problem
 from localimg.errors import ModelUnavailableError
 from localimg.registry import ModelSource, ModelSpec, Registry
+from tests.backends.original_layouts import write_original_checkpoint
 
 REPO = "acme/tiny-sd15"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -278,15 +279,44 @@ def test_single_file_errors(sd15: ModelSpec, tmp_path: Path, hf_cache: Path):
     assert error.code == "model_weights_missing"
 
 
-@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
-def test_a_transformer_single_file_brings_the_transformer_alone(registry: Registry, tmp_path: Path, name: str):
-    """`flux1-dev.safetensors` holds the transformer alone: the encoders and the VAE come from the config folder.
-    (These files are in diffusers' layout; diffusers converts Black Forest Labs' and Stability's own, which for FLUX
-    needs FLUX.1's real width.)"""
+@pytest.mark.parametrize(
+    ("name", "file_name"),
+    [
+        ("tiny-sd15", "v1-5-pruned-emaonly.safetensors"),
+        ("tiny-sd15", "v1-5-pruned-emaonly.ckpt"),
+        ("tiny-sdxl", "sd_xl_base_1.0.safetensors"),
+    ],
+)
+def test_a_checkpoint_in_its_original_layout_makes_the_folders_images(
+    registry: Registry, tmp_path: Path, name: str, file_name: str
+):
+    """The files operators download, in CompVis's and Stability's layouts, which diffusers converts as it loads them;
+    the config folder holds no weights (`hf download REPO --include "*.json" "*.txt"`)."""
     spec = registry.resolve(name)
     assert spec is not None and spec.source.path is not None
-    file = tmp_path / "transformer-only.safetensors"
-    shutil.copy(spec.source.path / "transformer" / "diffusion_pytorch_model.safetensors", file)
+    file = write_original_checkpoint(spec.family, spec.source.path, tmp_path / file_name)
+    configs = shutil.copytree(spec.source.path, tmp_path / "configs", ignore=shutil.ignore_patterns("*.safetensors"))
+    single = with_source(spec, file=file, config=str(configs), allow_pickle=file.suffix == ".ckpt")
+    assert weights_problem(single) is None
+    assert generates(single) == generates(spec)
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"), [("tiny-flux", "diffusers"), ("tiny-sd3", "diffusers"), ("tiny-sd3", "original")]
+)
+def test_a_transformer_single_file_brings_the_transformer_alone(
+    registry: Registry, tmp_path: Path, name: str, layout: str
+):
+    """`flux1-dev.safetensors` holds the transformer alone, `sd3.5_medium.safetensors` the transformer and the VAE:
+    the transformer is read from the file, the encoders and the VAE from the config folder. (Black Forest Labs' own
+    layout needs FLUX.1's real width to convert, so the FLUX file is in diffusers' layout.)"""
+    spec = registry.resolve(name)
+    assert spec is not None and spec.source.path is not None
+    file = tmp_path / "transformer.safetensors"
+    if layout == "original":
+        write_original_checkpoint(spec.family, spec.source.path, file)
+    else:
+        shutil.copy(spec.source.path / "transformer" / "diffusion_pytorch_model.safetensors", file)
     configs = shutil.copytree(spec.source.path, tmp_path / "configs")
     (configs / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # the file brings it
     single = with_source(spec, file=file, config=str(configs))
