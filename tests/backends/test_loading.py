@@ -223,8 +223,8 @@ def test_weights_of_another_model_fail_with_the_cause(sd15: ModelSpec, tmp_path:
 
 
 class RecordingPipeline:
-    """Stands in for a pipeline class: producing a real single-file checkpoint needs the original key layout. Its
-    text encoder comes in training mode, as some of diffusers' single-file loaders leave one."""
+    """Stands in for a pipeline class, to record what a single-file load passes it. Its text encoder comes in
+    training mode, as some of diffusers' single-file loaders leave one (FLUX's T5)."""
 
     calls: list[tuple[str, dict[str, object]]] = []
 
