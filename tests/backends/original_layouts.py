@@ -244,20 +244,24 @@ def _mmdit(folder: Path) -> State:
     return {f"model.diffusion_model.{name}": tensor for name, tensor in out.items()}
 
 
-def _clip(state: State, prefix: str) -> State:
-    """OpenAI's CLIP keeps transformers' names under the prefix, always inside `text_model.` (which transformers
-    5.6 and later leave out when they save a `CLIPTextModel`)."""
+def _wrapped(state: State) -> State:
+    """CLIP's names inside `text_model.`, as original checkpoints always have them (transformers 5.6 and later
+    leave the wrapper out when they save a `CLIPTextModel`)."""
     return {
-        prefix + (name if name.startswith(("text_model.", "text_projection")) else f"text_model.{name}"): tensor
+        name if name.startswith(("text_model.", "text_projection")) else f"text_model.{name}": tensor
         for name, tensor in state.items()
     }
+
+
+def _clip(state: State, prefix: str) -> State:
+    """OpenAI's CLIP keeps transformers' names under the prefix."""
+    return {prefix + name: tensor for name, tensor in _wrapped(state).items()}
 
 
 def _openclip(state: State, prefix: str) -> State:
     """OpenCLIP's names (SDXL's second encoder): `resblocks`, q/k/v fused into `in_proj`, the text projection as a
     bare tensor stored transposed."""
-    state = {name if name.startswith(("text_model.", "text_projection")) else f"text_model.{name}": tensor
-             for name, tensor in state.items()}  # fmt: skip
+    state = _wrapped(state)
     out = {prefix + old: state.pop(new) for new, old in _OPENCLIP_TOP.items()}
     out[prefix + "text_projection"] = state.pop("text_projection.weight").T
     layers = sorted({int(m[1]) for name in state if (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", name))})
