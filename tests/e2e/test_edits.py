@@ -370,6 +370,8 @@ def test_bad_uploads_are_clear_400s(server, files: dict, param: str):
          "input_fidelity", "invalid_value"),
         ({"prompt": PROMPT}, {"image": ("x.png", png_bytes(picture()), "image/png"),
                               "markup": ("m.png", png_bytes(picture()), "image/png")}, "markup", "unknown_parameter"),
+        ({"prompt": PROMPT, "svg[model]": "gpt-5"}, {"image": ("x.png", png_bytes(picture()), "image/png")},
+         "svg[model]", "unknown_parameter"),
         ({}, {"image": ("x.png", png_bytes(picture()), "image/png"), "prompt": ("p.txt", b"a cat", "text/plain")},
          "prompt", "invalid_type"),
     ],

@@ -39,6 +39,9 @@ INVALID = [
     ({"model": "dall-e-2", "size": "1536x1024"}, "size", "invalid_value"),
     ({"extra_body": {"bogus_field": 1}}, "bogus_field", "unknown_parameter"),
     ({"extra_body": {"mask": "x"}}, "mask", "unknown_parameter"),
+    # The newest SDKs' GIF and SVG options (preview-gated on OpenAI), sent as those SDKs send them.
+    ({"extra_body": {"frame_count": 4}}, "frame_count", "unknown_parameter"),
+    ({"extra_body": {"svg": {"model": "gpt-5"}}}, "svg", "unknown_parameter"),
     ({"extra_body": {"seed": "7"}}, "seed", "invalid_type"),
     ({"extra_body": {"num_inference_steps": 0}}, "num_inference_steps", "integer_below_min_value"),
 ]
