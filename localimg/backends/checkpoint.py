@@ -35,6 +35,12 @@ _FAMILIES_OF_TENSORS = (
     ("pos_embed.proj.", frozenset({"sd3"})),  # diffusers' SD3Transformer2DModel
 )
 _LDM_PREFIX = "model.diffusion_model."
+# The guidance embedding of a guidance-distilled FLUX transformer (FLUX.1 dev, Kontext, Fill; not schnell), in Black
+# Forest Labs' layout and in diffusers'. The config's `guidance_embeds` must agree. Otherwise diffusers loads
+# flux1-dev.safetensors with schnell's configs after a warning, dropping the guidance (dev's weights run as schnell:
+# poor images), leaves the embedding on the meta device the other way round, and fails on a file in its own layout
+# with an IndexError from the converter it then tries.
+_FLUX_GUIDANCE = ("guidance_in.", "time_text_embed.guidance_embedder.")
 # FLUX checkpoints that need inputs localimg does not send (control images, image embeddings).
 _UNSERVED_FLUX = ("FluxControl", "FluxPriorRedux")
 # What every size reaching a pipeline is a multiple of, whatever the limits say (the API's own rule).
@@ -49,16 +55,43 @@ def check_checkpoint(spec: ModelSpec, folder: Path, *, single_file: bool = False
     _check_sizes(spec, size_rule(spec.family, folder))
 
 
-def check_file_kind(spec: ModelSpec, file: Path, tensors: frozenset[str]) -> None:
-    """Raise ModelUnavailableError when a single file's tensor names are another family's than `spec` declares.
-    Only names no other family uses count: a file they say nothing about is left to load."""
+def check_file_kind(spec: ModelSpec, file: Path, tensors: frozenset[str], config: Path) -> None:
+    """Raise ModelUnavailableError when a single file's tensor names are another family's than `spec` declares, or
+    name another FLUX.1 transformer than the `config` folder configures (dev's for schnell's or the reverse). Only
+    names no other family uses count: a file they say nothing about is left to load."""
     found = _families_named(tensors)
-    if found is not None and spec.family not in found[0]:
-        families, example = found
+    if found is None:
+        return
+    families, example = found
+    if spec.family not in families:
         _refuse(
             f"model {spec.name!r}: {file} holds a checkpoint of family {' or '.join(sorted(families))} (tensors such "
             f"as {example!r}) but models.toml declares family = {spec.family!r}; fix the family or source.file."
         )
+    if families == {"flux"}:
+        _check_flux_guidance(spec, file, tensors, config)
+
+
+def _check_flux_guidance(spec: ModelSpec, file: Path, tensors: frozenset[str], config: Path) -> None:
+    transformer = read_json(config / "transformer" / "config.json")
+    if not transformer:
+        return  # the component check names the missing config
+    configured = bool(transformer.get("guidance_embeds", False))  # FluxTransformer2DModel's default
+    guidance = sorted(name for name in tensors if name.removeprefix(_LDM_PREFIX).startswith(_FLUX_GUIDANCE))
+    if bool(guidance) == configured:
+        return
+    where = f"model {spec.name!r}: {file} holds"
+    configs = f"{config / 'transformer' / 'config.json'} has guidance_embeds = {str(configured).lower()}"
+    if guidance:
+        _refuse(
+            f"{where} a guidance-distilled FLUX.1 transformer (dev, Kontext or Fill: tensors such as {guidance[0]!r}) "
+            f"but {configs} (FLUX.1 schnell's); set source.config to the configs of the file's model "
+            "(black-forest-labs/FLUX.1-dev for flux1-dev.safetensors)."
+        )
+    _refuse(
+        f"{where} a FLUX.1 transformer without a guidance embedding (schnell's) but {configs} (FLUX.1 dev's); set "
+        "source.config to black-forest-labs/FLUX.1-schnell's configs."
+    )
 
 
 # Per file header (the same frozenset each time its file is unchanged): GET /v1/models checks every model's files.

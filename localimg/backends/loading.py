@@ -103,8 +103,6 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
         raise ModelUnavailableError(
             f"model {spec.name!r}: {file} {problem}; copy it again.", code="model_weights_missing"
         )
-    if file.suffix in SAFE_SUFFIXES:
-        check_file_kind(spec, file, tensor_names(file))
     config = Path(source.config)
     if config.is_absolute():
         if not (config / "model_index.json").is_file():
@@ -115,6 +113,8 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
             )
     else:
         config = cached_snapshot(f"model {spec.name!r}", source.config, source.revision)
+    if file.suffix in SAFE_SUFFIXES:
+        check_file_kind(spec, file, tensor_names(file), config)
     component = _DENOISER_IN_FILE[spec.family][0] if spec.family in _DENOISER_IN_FILE else None
     found = check_components(spec, config, from_file=None if component is None else frozenset({component}))
     check_checkpoint(spec, config, single_file=True)

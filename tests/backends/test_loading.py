@@ -330,6 +330,27 @@ def test_a_transformer_single_file_brings_the_transformer_alone(
     assert error.code == "model_weights_missing"
 
 
+def test_a_flux_file_with_the_other_flux1_models_configs_is_refused_before_loading(registry: Registry, tmp_path: Path):
+    """flux1-dev.safetensors beside FLUX.1 schnell's configs (or the reverse) is named before loading; in diffusers'
+    layout it would fail with an IndexError from diffusers' converter."""
+    from safetensors.torch import load_file, save_file
+
+    flux = registry.resolve("tiny-flux")
+    assert flux is not None and flux.source.path is not None
+    tensors = load_file(flux.source.path / "transformer" / "diffusion_pytorch_model.safetensors")
+    save_file(tensors, dev := tmp_path / "flux1-dev.safetensors")
+    save_file(
+        {k: v for k, v in tensors.items() if "guidance" not in k}, schnell := tmp_path / "flux1-schnell.safetensors"
+    )
+    schnell_configs = shutil.copytree(flux.source.path, tmp_path / "configs")
+    config = schnell_configs / "transformer" / "config.json"
+    config.write_text(config.read_text().replace('"guidance_embeds": true', '"guidance_embeds": false'))
+    error = unavailable(with_source(flux, file=dev, config=str(schnell_configs)), "guidance-distilled", str(dev))
+    assert error.code == "model_kind_mismatch"
+    unavailable(with_source(flux, file=schnell, config=str(flux.source.path)), "without a guidance embedding")
+    generates(with_source(flux, file=schnell, config=str(schnell_configs)))  # the pair that agrees loads
+
+
 def test_a_folder_of_another_family_or_variant_is_refused_before_loading(registry: Registry, tmp_path: Path):
     """diffusers only warns while loading another pipeline's components; every request would then fail."""
     sd15, flux, fill = (registry.resolve(name) for name in ("tiny-sd15", "tiny-flux", "tiny-flux-fill"))

@@ -134,10 +134,10 @@ def test_a_single_file_of_another_family_is_refused_by_its_tensor_names(tmp_path
     family, names = LAYOUTS[layout]
     file = tmp_path / "model.safetensors"
     if declared == family:
-        check_file_kind(spec(tmp_path, declared), file, frozenset(names))
+        check_file_kind(spec(tmp_path, declared), file, frozenset(names), tmp_path)
         return
     with pytest.raises(ModelUnavailableError) as caught:
-        check_file_kind(spec(tmp_path, declared), file, frozenset(names))
+        check_file_kind(spec(tmp_path, declared), file, frozenset(names), tmp_path)
     assert caught.value.code == "model_kind_mismatch"
     for fragment in (str(file), f"holds a checkpoint of family {family}", f"declares family = {declared!r}"):
         assert fragment in caught.value.message
@@ -146,10 +146,43 @@ def test_a_single_file_of_another_family_is_refused_by_its_tensor_names(tmp_path
 @pytest.mark.parametrize("declared", ["sd15", "sdxl", "flux", "sd3"])
 def test_tensor_names_that_no_family_owns_say_nothing(tmp_path: Path, declared: str):
     file = tmp_path / "model.safetensors"
-    check_file_kind(spec(tmp_path, declared), file, frozenset({"weight", "first_stage_model.decoder.conv_in.weight"}))
+    names = frozenset({"weight", "first_stage_model.decoder.conv_in.weight"})
+    check_file_kind(spec(tmp_path, declared), file, names, tmp_path)
     unet_alone = frozenset({"model.diffusion_model.input_blocks.0.0.weight"})  # SD 1.5 or XL: it does not say
     if declared in ("sd15", "sdxl"):
-        check_file_kind(spec(tmp_path, declared), file, unet_alone)
+        check_file_kind(spec(tmp_path, declared), file, unet_alone, tmp_path)
     else:
         with pytest.raises(ModelUnavailableError, match="holds a checkpoint of family sd15 or sdxl"):
-            check_file_kind(spec(tmp_path, declared), file, unet_alone)
+            check_file_kind(spec(tmp_path, declared), file, unet_alone, tmp_path)
+
+
+FLUX_BLOCKS = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"]
+DEV_FILES = {  # FLUX.1 dev's guidance embedding, as each layout names it
+    "Black Forest Labs": [*FLUX_BLOCKS, "guidance_in.in_layer.weight"],
+    "ComfyUI": [f"model.diffusion_model.{name}" for name in (*FLUX_BLOCKS, "guidance_in.in_layer.weight")],
+    "diffusers": ["single_transformer_blocks.0.proj_out.weight", "time_text_embed.guidance_embedder.linear_1.weight"],
+}
+
+
+@pytest.mark.parametrize("layout", list(DEV_FILES))
+def test_a_flux_file_must_be_the_transformer_its_configs_describe(tmp_path: Path, layout: str):
+    """flux1-dev.safetensors with FLUX.1 schnell's configs, or the reverse: diffusers would drop the guidance
+    embedding with a warning, leave it unloaded or fail in its converter, depending on the way round and layout."""
+    dev_names = frozenset(DEV_FILES[layout])
+    schnell_names = frozenset(name for name in dev_names if "guidance" not in name)
+    file = tmp_path / "flux1.safetensors"
+    dev = checkpoint(tmp_path / "dev", "FluxPipeline", transformer={"guidance_embeds": True})
+    schnell = checkpoint(tmp_path / "schnell", "FluxPipeline", transformer={"guidance_embeds": False})
+    check_file_kind(spec(dev, "flux"), file, dev_names, dev)
+    check_file_kind(spec(schnell, "flux"), file, schnell_names, schnell)
+    with pytest.raises(ModelUnavailableError, match="guidance-distilled FLUX.1 transformer") as caught:
+        check_file_kind(spec(schnell, "flux"), file, dev_names, schnell)
+    assert caught.value.code == "model_kind_mismatch" and "guidance_embeds = false" in caught.value.message
+    with pytest.raises(ModelUnavailableError, match="without a guidance embedding") as caught:
+        check_file_kind(spec(dev, "flux"), file, schnell_names, dev)
+    assert "FLUX.1-schnell's configs" in caught.value.message
+    # A config without the key is FluxTransformer2DModel's default: no guidance embedding.
+    unsaid = checkpoint(tmp_path / "unsaid", "FluxPipeline", transformer={"in_channels": 64})
+    check_file_kind(spec(unsaid, "flux"), file, schnell_names, unsaid)
+    with pytest.raises(ModelUnavailableError, match="guidance-distilled"):
+        check_file_kind(spec(unsaid, "flux"), file, dev_names, unsaid)
