@@ -77,14 +77,16 @@ def _check_flux_guidance(spec: ModelSpec, file: Path, tensors: frozenset[str], c
     if not transformer:
         return  # the component check names the missing config
     configured = bool(transformer.get("guidance_embeds", False))  # FluxTransformer2DModel's default
-    guidance = sorted(name for name in tensors if name.removeprefix(_LDM_PREFIX).startswith(_FLUX_GUIDANCE))
-    if bool(guidance) == configured:
+    guidance = min(
+        (name for name in tensors if name.removeprefix(_LDM_PREFIX).startswith(_FLUX_GUIDANCE)), default=None
+    )
+    if (guidance is not None) == configured:
         return
     where = f"model {spec.name!r}: {file} holds"
     configs = f"{config / 'transformer' / 'config.json'} has guidance_embeds = {str(configured).lower()}"
-    if guidance:
+    if guidance is not None:
         _refuse(
-            f"{where} a guidance-distilled FLUX.1 transformer (dev, Kontext or Fill: tensors such as {guidance[0]!r}) "
+            f"{where} a guidance-distilled FLUX.1 transformer (dev, Kontext or Fill: tensors such as {guidance!r}) "
             f"but {configs} (FLUX.1 schnell's); set source.config to the configs of the file's model "
             "(black-forest-labs/FLUX.1-dev for flux1-dev.safetensors)."
         )
