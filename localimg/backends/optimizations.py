@@ -388,7 +388,9 @@ def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -
         os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
     torch._inductor.config.fx_graph_cache = True
     # Each served size and batch shape is one compiled variant; the default limit (8) is low for a server.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    # torch 2.6, the oldest that diffusers and accelerate take, knows the limit by its old name only.
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
     if plan.compile:
         denoiser = _denoiser(pipe)
         if spec.family in UNET_FAMILIES:
