@@ -8,8 +8,7 @@ Finding the weights (`locate_weights`, `weights_problem`) is file checks only an
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from localimg.backends.components import (
     PICKLE_OPT_IN,
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
+    FolderWeights,
     check_components,
     safetensors_problem,
     tensor_names,
@@ -46,13 +46,13 @@ class LocatedWeights:
     folder: Path  # the diffusers folder; for a single-file model, its config folder
     file: Path | None = None  # the single-file checkpoint, if any
     file_component: str | None = None  # the one component read from the file; None: the file holds the pipeline
-    variant: str | None = None  # the saved variant of the folder's weights to load (fp16), None for the plain ones
-    pickled: Mapping[str, str | None] = field(default_factory=dict)  # as FolderWeights.pickled
+    chosen: FolderWeights = FolderWeights()  # which of the folder's weight files load
 
     def describe(self) -> str:
         if self.file is not None:
             return f"{self.file} (config {self.folder})"
-        return str(self.folder) if self.variant is None else f"{self.folder} ({self.variant} weights)"
+        variant = self.chosen.variant
+        return str(self.folder) if variant is None else f"{self.folder} ({variant} weights)"
 
 
 def locate_weights(spec: ModelSpec) -> LocatedWeights:
@@ -116,15 +116,15 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     if file.suffix in SAFE_SUFFIXES:
         check_file_kind(spec, file, tensor_names(file), config)
     component = _DENOISER_IN_FILE[spec.family][0] if spec.family in _DENOISER_IN_FILE else None
-    found = check_components(spec, config, from_file=None if component is None else frozenset({component}))
+    chosen = check_components(spec, config, from_file=None if component is None else frozenset({component}))
     check_checkpoint(spec, config, single_file=True)
-    return LocatedWeights(config, file, component, found.variant, found.pickled)
+    return LocatedWeights(config, file, component, chosen)
 
 
 def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
-    found = check_components(spec, folder)
+    chosen = check_components(spec, folder)
     check_checkpoint(spec, folder)
-    return LocatedWeights(folder, variant=found.variant, pickled=found.pickled)
+    return LocatedWeights(folder, chosen=chosen)
 
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
@@ -173,14 +173,14 @@ def load_pipeline(spec: ModelSpec, pipeline_class: type[DiffusionPipeline], dtyp
 def _from_folder(
     spec: ModelSpec, pipeline_class: type[DiffusionPipeline], weights: LocatedWeights, dtype: torch.dtype, **given: Any
 ) -> DiffusionPipeline:
-    pickled = {name: variant for name, variant in weights.pickled.items() if name not in given}
+    pickled = {name: variant for name, variant in weights.chosen.pickled.items() if name not in given}
     if pickled:
         logger.warning("model %s: loading pickled weights for %s (allow_pickle = true)", spec.name, ", ".join(pickled))
     return pipeline_class.from_pretrained(
         str(weights.folder),
         dtype=dtype,
         local_files_only=True,
-        variant=weights.variant,
+        variant=weights.chosen.variant,
         use_safetensors=True,
         # Components saved as null (SD3 without T5): diffusers wants them named, unless optional.
         **dict.fromkeys(absent_components(weights.folder)),

@@ -181,7 +181,7 @@ def test_pickled_weights_load_when_allowed(
 ):
     monkeypatch.setattr(logging.getLogger("diffusers"), "propagate", True)  # as the server has it
     spec = with_source(sd15, path=pickled_sd15, allow_pickle=True)
-    assert locate_weights(spec).pickled == dict.fromkeys(("text_encoder", "unet", "vae"))
+    assert locate_weights(spec).chosen.pickled == dict.fromkeys(("text_encoder", "unet", "vae"))
     assert generates(spec) == generates(sd15)
     # A successful load logs no error: diffusers' own fallback to pickles logs one for each component.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -413,7 +413,7 @@ def fp16_only_sd15(sd15: ModelSpec, tmp_path_factory: pytest.TempPathFactory) ->
 def test_a_folder_of_only_variant_weights_loads_them(sd15: ModelSpec, fp16_only_sd15: Path):
     spec = with_source(sd15, path=fp16_only_sd15)
     weights = locate_weights(spec)
-    assert weights.variant == "fp16" and weights.describe() == f"{fp16_only_sd15} (fp16 weights)"
+    assert weights.chosen.variant == "fp16" and weights.describe() == f"{fp16_only_sd15} (fp16 weights)"
     generates(spec)
 
 
@@ -446,7 +446,7 @@ def test_variant_mistakes_say_what_the_folder_holds(sd15: ModelSpec, fp16_only_s
     for weights in folder.glob("*/*.fp16.safetensors"):
         shutil.copy(weights, weights.with_name(weights.name.replace(".fp16.", ".non_ema.")))
     unavailable(with_source(sd15, path=folder), "text_encoder, unet, vae in", "unet: fp16, non_ema", "source.variant")
-    assert locate_weights(with_source(sd15, path=folder, variant="non_ema")).variant == "non_ema"
+    assert locate_weights(with_source(sd15, path=folder, variant="non_ema")).chosen.variant == "non_ema"
 
 
 def test_only_component_weight_files_name_the_variant(sd15: ModelSpec, fp16_only_sd15: Path, tmp_path: Path):
@@ -458,7 +458,7 @@ def test_only_component_weight_files_name_the_variant(sd15: ModelSpec, fp16_only
     unet.rename(unet.with_name("diffusion_pytorch_model.fp16-00001-of-00001.safetensors"))
     vae = folder / "vae" / "diffusion_pytorch_model.fp16.safetensors"
     vae.rename(vae.with_name("diffusion_pytorch_model-00001-of-00001.fp16.safetensors"))
-    assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
+    assert locate_weights(with_source(sd15, path=folder)).chosen.variant == "fp16"
     assert sd15.source.path is not None
     full = shutil.copytree(sd15.source.path, tmp_path / "full")
     (full / "sd_xl_base_1.0.safetensors").write_bytes(b"")
@@ -473,7 +473,7 @@ def test_only_component_weight_files_name_the_variant(sd15: ModelSpec, fp16_only
         (full / name).parent.mkdir(exist_ok=True)
         (full / name).write_bytes(b"")  # fmt: skip
     assert weights_problem(with_source(sd15, path=full)) is None
-    assert locate_weights(with_source(sd15, path=full)).variant is None
+    assert locate_weights(with_source(sd15, path=full)).chosen.variant is None
 
 
 def test_a_filtered_hub_download_loads(sd15: ModelSpec, fp16_only_sd15: Path, hf_cache: Path):
@@ -484,7 +484,7 @@ def test_a_filtered_hub_download_loads(sd15: ModelSpec, fp16_only_sd15: Path, hf
     add_to_cache(hf_cache, "acme/fp16", commit, fp16_only_sd15)
     for revision in ("main", commit, commit[:7]):
         spec = with_source(sd15, repo="acme/fp16", revision=revision)
-        assert locate_weights(spec).folder.name == commit and locate_weights(spec).variant == "fp16"
+        assert locate_weights(spec).folder.name == commit and locate_weights(spec).chosen.variant == "fp16"
     generates(spec)
     add_to_cache(hf_cache, "acme/fp16", commit[:7] + "0" * 33, fp16_only_sd15, ref="v2")
     error = unavailable(with_source(sd15, repo="acme/fp16", revision=commit[:7]), "start of several cached commits")
@@ -544,6 +544,6 @@ def test_variant_safetensors_are_chosen_over_plain_pickles(
     for component in ("text_encoder", "unet", "vae"):
         for file in (fp16_only_sd15 / component).glob("*.fp16.safetensors"):
             shutil.copy(file, folder / component)
-    assert locate_weights(with_source(sd15, path=folder)).variant == "fp16"
+    assert locate_weights(with_source(sd15, path=folder)).chosen.variant == "fp16"
     generates(with_source(sd15, path=folder))
-    assert locate_weights(with_source(sd15, path=folder, allow_pickle=True)).variant is None
+    assert locate_weights(with_source(sd15, path=folder, allow_pickle=True)).chosen.variant is None
