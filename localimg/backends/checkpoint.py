@@ -73,7 +73,8 @@ def check_file_kind(spec: ModelSpec, file: Path, tensors: frozenset[str], config
 
 
 def _check_flux_guidance(spec: ModelSpec, file: Path, tensors: frozenset[str], config: Path) -> None:
-    transformer = read_json(config / "transformer" / "config.json")
+    transformer_config = config / "transformer" / "config.json"
+    transformer = read_json(transformer_config)
     if not transformer:
         return  # the component check names the missing config
     configured = bool(transformer.get("guidance_embeds", False))  # FluxTransformer2DModel's default
@@ -83,7 +84,7 @@ def _check_flux_guidance(spec: ModelSpec, file: Path, tensors: frozenset[str], c
     if (guidance is not None) == configured:
         return
     where = f"model {spec.name!r}: {file} holds"
-    configs = f"{config / 'transformer' / 'config.json'} has guidance_embeds = {str(configured).lower()}"
+    configs = f"{transformer_config} has guidance_embeds = {str(configured).lower()}"
     if guidance is not None:
         _refuse(
             f"{where} a guidance-distilled FLUX.1 transformer (dev, Kontext or Fill: tensors such as {guidance!r}) "
