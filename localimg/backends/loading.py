@@ -44,9 +44,9 @@ class LocatedWeights:
     """Where a model's files are on disk."""
 
     folder: Path  # the diffusers folder; for a single-file model, its config folder
+    chosen: FolderWeights  # which of the folder's weight files load
     file: Path | None = None  # the single-file checkpoint, if any
     file_component: str | None = None  # the one component read from the file; None: the file holds the pipeline
-    chosen: FolderWeights = FolderWeights()  # which of the folder's weight files load
 
     def describe(self) -> str:
         if self.file is not None:
@@ -118,13 +118,13 @@ def locate_weights(spec: ModelSpec) -> LocatedWeights:
     component = _DENOISER_IN_FILE[spec.family][0] if spec.family in _DENOISER_IN_FILE else None
     chosen = check_components(spec, config, from_file=None if component is None else frozenset({component}))
     check_checkpoint(spec, config, single_file=True)
-    return LocatedWeights(config, file, component, chosen)
+    return LocatedWeights(config, chosen, file, component)
 
 
 def _diffusers_folder(spec: ModelSpec, folder: Path) -> LocatedWeights:
     chosen = check_components(spec, folder)
     check_checkpoint(spec, folder)
-    return LocatedWeights(folder, chosen=chosen)
+    return LocatedWeights(folder, chosen)
 
 
 def weights_problem(spec: ModelSpec) -> ModelUnavailableError | None:
