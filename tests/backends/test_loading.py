@@ -484,7 +484,8 @@ def test_a_filtered_hub_download_loads(sd15: ModelSpec, fp16_only_sd15: Path, hf
     add_to_cache(hf_cache, "acme/fp16", commit, fp16_only_sd15)
     for revision in ("main", commit, commit[:7]):
         spec = with_source(sd15, repo="acme/fp16", revision=revision)
-        assert locate_weights(spec).folder.name == commit and locate_weights(spec).chosen.variant == "fp16"
+        weights = locate_weights(spec)
+        assert weights.folder.name == commit and weights.chosen.variant == "fp16"
     generates(spec)
     add_to_cache(hf_cache, "acme/fp16", commit[:7] + "0" * 33, fp16_only_sd15, ref="v2")
     error = unavailable(with_source(sd15, repo="acme/fp16", revision=commit[:7]), "start of several cached commits")
