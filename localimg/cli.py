@@ -152,8 +152,10 @@ def serve(
 
 def settings_from(options: Mapping[str, Any]) -> Settings:
     """Settings from `serve`'s parsed options (keyed by parameter name). Raises ValueError on a bad keys file."""
+    # Click hands over a path option as str unless typer tells it the annotation (typer < 0.29 does not).
+    keys_file = options["api_keys_file"]
     return Settings(
-        config=options["config"],
+        config=Path(options["config"]),
         host=options["host"],
         port=options["port"],
         device=options["device"],
@@ -171,7 +173,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         swap_patience_s=options["swap_patience"],
         warmup_sizes=_split(options["warmup"]),
         drain_timeout_s=options["drain_timeout"],
-        api_key_hashes=key_hashes(_split(options["api_key"]), options["api_keys_file"]),
+        api_key_hashes=key_hashes(_split(options["api_key"]), None if keys_file is None else Path(keys_file)),
         insecure=options["insecure"],
         max_body_mb=options["max_body_mb"],
         cors_origins=_split(options["cors_origin"]),

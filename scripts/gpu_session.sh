@@ -19,14 +19,15 @@ MARGIN_S=60
 # Installed with --no-deps, so every requirement the device image lacks is listed. This exact set was rehearsed on
 # the device's stack (Python 3.12, torch 2.11.0, transformers 5.17.0, accelerate 1.15.0, huggingface_hub 1.33.0):
 # bench.py --tiny and the e2e tests passed. fastapi needs opentelemetry-api and openai needs httpx2, which the image
-# does not have. torchao 0.18.0 loads its kernels on torch >= 2.11; before moving that pin, check
-# min_torch_version in the new wheel's torchao/__init__.py.
+# does not have. The image's typer is older than pyproject's floor (0.29, which bundles its click); with it every
+# HTTP stage of 2026-12-06 failed, so typer travels too. torchao 0.18.0 loads its kernels on torch >= 2.11; before
+# moving that pin, check min_torch_version in the new wheel's torchao/__init__.py.
 WHEELS=(
   diffusers==0.42.1 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34
   openai==3.54.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 pydantic==2.14.3 pydantic_core==2.50.4
   annotated-types==0.8.0 typing-inspection==0.4.5 h11==0.16.0 anyio==4.16.0 torchao==0.18.0
   opentelemetry-api==1.45.3 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5 annotated-doc==0.0.7
-  requests==2.34.2 urllib3==2.8.0 charset-normalizer==3.5.3
+  requests==2.34.2 urllib3==2.8.0 charset-normalizer==3.5.3 typer==0.29.2
 )
 
 fetch_wheels() {

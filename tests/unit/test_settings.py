@@ -82,6 +82,24 @@ def test_the_command_line_defaults_are_the_settings_defaults(monkeypatch: pytest
     assert Settings().request_timeout_s is not None and Settings().request_timeout_s < 600
 
 
+def test_path_options_parsed_as_strings_become_paths(tmp_path: Path):
+    # What click hands over when typer does not pass the annotation on (typer < 0.29: a device image's).
+    import typer
+
+    from localimg.cli import app, settings_from
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("sk-one\n")
+    serve = typer.main.get_command(app).commands["serve"]
+    options = serve.make_context("localimg serve", []).params | {
+        "config": "models.toml",
+        "api_keys_file": str(keys_file),
+    }
+    settings = settings_from(options)
+    assert settings.config == Path("models.toml")
+    assert settings.api_key_hashes == (hashlib.sha256(b"sk-one").hexdigest(),)
+
+
 def test_a_keys_file_holds_keys_or_their_digests(tmp_path: Path):
     digest = hashlib.sha256(b"sk-two").hexdigest()
     keys_file = tmp_path / "keys"
