@@ -16,8 +16,9 @@ import functools
 import inspect
 import logging
 import os
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -357,6 +358,24 @@ def cloning_outputs(call: Callable[..., Any]) -> Callable[..., Any]:
     return call_and_copy
 
 
+def adopt_cuda_graph_trees() -> None:
+    """Set up torch's CUDA-graph trees for the calling thread, which captures and replays the graphs (the engine's
+    worker: load, warm-up and generation all run there). torch < 2.13 sets up their per-thread state only in the
+    thread that first imported the module (pytorch/pytorch#123177), so a model compiled with CUDA graphs on any
+    later thread (a second engine's worker in one process) failed its first replay with a bare AssertionError.
+    torch 2.13 sets a thread up lazily in this same way, so there this only does it first."""
+    from torch._inductor import cudagraph_trees
+
+    state = cudagraph_trees.local
+    if hasattr(state, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    state.tree_manager_containers = {}  # one tree manager per device index
+    state.tree_manager_locks = defaultdict(threading.Lock)
+    # Stashed in torch's own thread-local state too, which autograd's threads inherit, as the module does.
+    torch._C._stash_obj_in_tls("tree_manager_containers", state.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", state.tree_manager_locks)
+
+
 def _quantize_fp8(module: Any, dtype: str) -> bool:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
@@ -398,6 +417,7 @@ def _compile(pipe: DiffusionPipeline, plan: OptimizationPlan, spec: ModelSpec) -
             denoiser.compile(mode="reduce-overhead" if plan.cuda_graphs else None, dynamic=plan.compile_dynamic)
             if plan.cuda_graphs:  # nn.Module.__call__ runs _compiled_call_impl once compile() has set it
                 denoiser._compiled_call_impl = cloning_outputs(denoiser._compiled_call_impl)
+                adopt_cuda_graph_trees()
         else:
             # A step cache decides per step whether to run the remaining blocks: a deliberate graph break
             # (torch.compiler.disable in diffusers' hooks), so the blocks then compile as several graphs.

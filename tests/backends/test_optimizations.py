@@ -15,6 +15,7 @@ from localimg.backends.device import resolve_device
 from localimg.backends.diffusers_backend import DiffusersBackend
 from localimg.backends.optimizations import (
     PromptEmbeddingCache,
+    adopt_cuda_graph_trees,
     cloning_outputs,
     resolve_optimizations,
     set_sdpa_priority,
@@ -292,6 +293,29 @@ def test_the_copying_wrapper_is_what_a_compiled_module_runs():
     module._compiled_call_impl = cloning_outputs(compiled)  # as optimizations._compile installs it
     result = module(torch.ones(1, 4))
     assert len(outputs) == 1 and result is not outputs[0] and torch.equal(result, outputs[0])
+
+
+def test_cuda_graph_trees_are_set_up_on_a_thread_that_did_not_import_them():
+    # torch < 2.13 replays CUDA graphs only where the module's per-thread state exists, and sets it up only in the
+    # importing thread (pytorch/pytorch#123177): a second engine's worker failed with a bare AssertionError.
+    import threading
+
+    from torch._inductor import cudagraph_trees
+
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        adopt_cuda_graph_trees()
+        seen["in_torch_tls"] = torch._C._is_key_in_tls("tree_manager_containers")  # what torch < 2.13 asserts
+        seen["containers"] = cudagraph_trees.get_obj(cudagraph_trees.local, "tree_manager_containers")
+        adopt_cuda_graph_trees()  # a second model on the same worker keeps the thread's trees
+        seen["kept"] = cudagraph_trees.get_obj(cudagraph_trees.local, "tree_manager_containers") is seen["containers"]
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["in_torch_tls"] is True and seen["kept"] is True
+    assert seen["containers"] is not cudagraph_trees.local.tree_manager_containers  # the importing thread's own
 
 
 def test_fuse_qkv_leaves_sd35_attention_alone():
