@@ -102,7 +102,7 @@ ROW_FIELDS = (
     "model", "family", "size", "steps", "plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http",
     "http_overhead", "steps_per_s", "flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
     "peak_mem_engine_gb", "load_s", "load_phases", "cold_start_s", "ready_s", "cold_start_phases", "optimizations",
-    "lossless", "concurrency", "ablations", "errors", "samples",
+    "lossless", "concurrency", "ablations", "profile", "errors", "samples",
 )  # fmt: skip
 DIFFERENCE_FIELDS = ("seed", "mean_abs", "max_abs")
 CONCURRENCY_FIELDS = ("clients", "requests", "images_per_s", "sequential_images_per_s", "p50_s", "p99_s")
@@ -190,6 +190,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--deadline-s", type=float, default=0, help="start no model, HTTP stage or variant after this many seconds"
     )
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP stages")
+    parser.add_argument(
+        "--profile", action="store_true", help="one more engine image per model under torch's profiler (CUDA)"
+    )
     parser.add_argument("--clients", type=int, help="concurrent clients in the concurrency run (default 4; --tiny: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests in the concurrency run (0: 2 x clients)")
     parser.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp"))
@@ -280,7 +283,7 @@ def bench_model(
     checkpoint(row)
 
     try:
-        engine = run_engine(case, spec, device, args)
+        engine = run_engine(case, spec, device, args, profile=args.profile)
     except Exception as exc:  # noqa: BLE001 - the row keeps the plain baseline; HTTP and variants would fail alike
         traceback.print_exc()
         row["errors"]["engine"] = describe_error(exc)
@@ -296,7 +299,10 @@ def bench_model(
         load_phases=engine["load_phases"],
         optimizations=engine["optimizations"],
         lossless=difference(engine["image"], reference),
+        profile=engine["profile"],
     )
+    if engine["profile_error"]:
+        row["errors"]["profile"] = engine["profile_error"]
     row["samples"]["engine"] = engine["times"]
     checkpoint(row)
 
@@ -455,7 +461,9 @@ def run_plain(
 # --- stage 2: localimg engine -----------------------------------------------------------------------------
 
 
-def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+def run_engine(
+    case: Case, spec: Any, device: Any, args: argparse.Namespace, *, profile: bool = False
+) -> dict[str, Any]:
     import torch
     import torch._dynamo
 
@@ -463,6 +471,7 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     from localimg.backends.device import release_memory
     from localimg.backends.diffusers_backend import DiffusersBackend
     from localimg.service.engine import Engine
+    from localimg.testing.kernel_profile import profile_kernels
 
     if device.kind == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -483,6 +492,14 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
             return loop.run_until_complete(engine.generate(plan)).images[0]
 
         times, peak, image = timed(once, args, device, reset_peak=False)
+        kernels, profile_error = None, None
+        if profile and device.kind == "cuda":
+            try:
+                kernels = profile_kernels(lambda: once(LOSSLESS_SEED))
+                print_profile(kernels)
+            except Exception as exc:  # noqa: BLE001 - a diagnostic: the stage's own figures stand
+                traceback.print_exc()
+                profile_error = describe_error(exc)
         assert backend.optimizations is not None
         described = backend.optimizations.describe()
     finally:
@@ -494,7 +511,8 @@ def run_engine(case: Case, spec: Any, device: Any, args: argparse.Namespace) -> 
     release_memory(device)
     print(f"  localimg engine: {statistics.median(times):.3f} s (load {load_s:.1f} s; {described})", flush=True)
     return {"median": statistics.median(times), "times": times, "peak_mem_gb": peak, "load_s": load_s,
-            "load_phases": dict(backend.load_phases), "optimizations": described, "image": image}  # fmt: skip
+            "load_phases": dict(backend.load_phases), "optimizations": described, "image": image,
+            "profile": kernels, "profile_error": profile_error}  # fmt: skip
 
 
 # --- stage 3: HTTP ----------------------------------------------------------------------------------------
@@ -688,6 +706,14 @@ def wait_healthy(url: str, server: subprocess.Popen[bytes], httpx: Any, log_path
             pass
         time.sleep(0.1)
     raise RuntimeError(f"server not healthy after 900 s:\n{log_path.read_text()[-3000:]}")
+
+
+def print_profile(kernels: dict[str, Any]) -> None:
+    kinds = ", ".join(f"{kind} {ms:.0f}" for kind, ms in kernels["by_kind_ms"].items() if ms >= 0.5)
+    print(f"  profile: {kernels['wall_ms']:.0f} ms wall, GPU busy {kernels['busy_ms']:.0f} of a "
+          f"{kernels['span_ms']:.0f} ms span; kernels (ms) {kinds}", flush=True)  # fmt: skip
+    for entry in kernels["top"][:5]:
+        print(f"    {entry['ms']:8.1f} ms {entry['calls']:6d}x {entry['kind']:<11} {entry['kernel'][:90]}", flush=True)
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 # The GPU measurements of issue 6 in one device call. A session is lent 15 minutes of device time in all (the
 # machine's start included) and one command may run 10, so everything is one prepared command, most needed first:
 #   1. the encoding benchmark on the GPU host's cores (seconds; the HTTP overhead's share)
-#   2. FLUX.1-dev: plain diffusers, engine, HTTP (cold start, latency, concurrency), then lossless + fp8
-#   3. SD 1.5, SDXL, FLUX.1-schnell: the same three stages, as far as time allows
+#   2. FLUX.1-dev: plain diffusers, engine (+ one profiled image), HTTP (cold start, latency, concurrency), fp8
+#   3. SDXL, SD 1.5, FLUX.1-schnell: the same stages, as far as time allows (SDXL first: on 2026-12-06 it was the
+#      one model without an engine figure; SD 1.5's and schnell's engine figures exist)
 # bench.py starts no model or stage past its --deadline-s and rewrites its JSON after every stage, so a call cut
 # short still brings back what it measured.
 #
@@ -63,8 +64,8 @@ run_on_device() {
     timeout -k 20 "$((left - 30))" python3 scripts/bench.py --deadline-s "$((left - MARGIN_S))" --work-dir /tmp/bench \
       --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
   }
-  bench flux-dev --models flux-dev --variants +fp8
-  bench others --models sd15,sdxl,flux-schnell
+  bench flux-dev --models flux-dev --variants +fp8 --profile
+  bench others --models sdxl,sd15,flux-schnell --profile
 }
 
 case "${1:-}" in

@@ -22,7 +22,7 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
     out = tmp_path / "bench.json"
     command = [
         sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--tiny", "--models", "tiny-flux",
-        "--repeats", "1", "--warmup", "0", "--clients", "2", "--requests", "2", "--ablate", "--steps", "1",
+        "--repeats", "1", "--warmup", "0", "--clients", "2", "--requests", "2", "--ablate", "--profile", "--steps", "1",
         "--work-dir", str(tmp_path / "work"), "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
@@ -38,9 +38,9 @@ def test_bench_tiny_writes_every_field(tmp_path: Path, tiny_models_toml: Path):
         for key in ("plain_s", "engine_s", "http_s", "ratio_engine", "ratio_http", "steps_per_s", "load_s",
                     "cold_start_s", "ready_s"):  # fmt: skip
             assert isinstance(row[key], float) and row[key] > 0, key
-        # Not measurable on a CPU with tiny models: no FLOP model, no GPU memory, no peak.
+        # Not measurable on a CPU with tiny models: no FLOP model, no GPU memory, no peak, no GPU kernels.
         for key in ("flops_per_image", "mfu_plain", "mfu_engine", "mfu_http", "peak_mem_plain_gb",
-                    "peak_mem_engine_gb"):  # fmt: skip
+                    "peak_mem_engine_gb", "profile"):  # fmt: skip
             assert row[key] is None, key
         assert row["cold_start_s"] > row["ready_s"]
         phases = ("read", "to_device", "optimize", "warm_up")
@@ -135,12 +135,12 @@ def test_a_failed_stage_or_model_is_reported_and_the_run_goes_on(
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return plain(case, *args)
 
-    def engine_failing_for_fp8_and_sdxl(case: bench.Case, spec: Any, *args: object) -> object:
+    def engine_failing_for_fp8_and_sdxl(case: bench.Case, spec: Any, *args: object, **kwargs: Any) -> object:
         if spec.optimize.fp8:
             raise ValueError("Unsupported: graph break under fullgraph")
         if case.name == "tiny-sdxl":
             raise RuntimeError("compile failed")
-        return engine(case, spec, *args)
+        return engine(case, spec, *args, **kwargs)
 
     def http_failing(*args: object) -> dict:
         raise RuntimeError("server exited with 1")
