@@ -41,7 +41,13 @@ def _options(
 
 
 _DEFAULTS = Settings()  # the options' defaults are the settings' own: one place for each
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.")]
+# Path options parsed by click itself as Path: `serve` and Ray's `serve_settings` read click's parsed options, where
+# a typer older than pyproject's floor leaves them str (it converts only the arguments a command function gets);
+# `serve` failed so on the GPU image of 2026-12-06.
+_PATH_PARSING: dict[str, Any] = {"parser": Path, "metavar": "<path>"}
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", envvar="LOCALIMG_CONFIG", help="Path to models.toml.", **_PATH_PARSING)
+]
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -124,7 +130,9 @@ def serve(
     ] = [],  # noqa: B006
     api_keys_file: Annotated[
         Path | None,
-        typer.Option(envvar="LOCALIMG_API_KEYS_FILE", help="File with one API key (or sha256:<hex>) per line."),
+        typer.Option(
+            envvar="LOCALIMG_API_KEYS_FILE", help="File with one API key (or sha256:<hex>) per line.", **_PATH_PARSING
+        ),
     ] = None,
     insecure: Annotated[
         bool, typer.Option(envvar="LOCALIMG_INSECURE", help="Allow a non-loopback --host without API keys.")
@@ -152,10 +160,8 @@ def serve(
 
 def settings_from(options: Mapping[str, Any]) -> Settings:
     """Settings from `serve`'s parsed options (keyed by parameter name). Raises ValueError on a bad keys file."""
-    # Click hands over a path option as str unless typer tells it the annotation (typer < 0.29 does not).
-    keys_file = options["api_keys_file"]
     return Settings(
-        config=Path(options["config"]),
+        config=options["config"],
         host=options["host"],
         port=options["port"],
         device=options["device"],
@@ -173,7 +179,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         swap_patience_s=options["swap_patience"],
         warmup_sizes=_split(options["warmup"]),
         drain_timeout_s=options["drain_timeout"],
-        api_key_hashes=key_hashes(_split(options["api_key"]), None if keys_file is None else Path(keys_file)),
+        api_key_hashes=key_hashes(_split(options["api_key"]), options["api_keys_file"]),
         insecure=options["insecure"],
         max_body_mb=options["max_body_mb"],
         cors_origins=_split(options["cors_origin"]),
