@@ -21,7 +21,6 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -148,7 +147,7 @@ def parse_args(args: Mapping[str, object]) -> tuple[Settings, ReplicaShape]:
     _check_device(settings.device, kind, index, gpus)
     shape = ReplicaShape(replicas=replicas, cpus=cpus, gpus=gpus)
     # Replicas run in other working directories, perhaps on other machines: the config is named absolutely.
-    settings = replace(settings, config=Path(settings.config).resolve())
+    settings = replace(settings, config=settings.config.resolve())
     preload_list(settings.preload, load_registry(settings))
     return settings, shape
 
